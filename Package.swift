@@ -1,0 +1,53 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// One module per layer; data flows guest ring → port → switch → port → ring.
+//   CVhostShim / CURing   C: only what Swift cannot reach (CMSG macros, ioctl numbers, liburing)
+//   VhostSystem           thin typed syscall wrappers (eventfd, memfd, mmap, unix sockets with SCM_RIGHTS)
+//   URing                 io_uring event loop (control plane and datapath sleep/wake)
+//   VhostUser             the vhost-user wire protocol: framing, payload codecs, feature bits
+//   Virtio                guest memory, split virtqueues (device side), descriptor chains, virtio-net header
+//   VALESwitch            the embedded VALE-compatible learning switch and its port abstraction
+//   VhostNetmapBackend    vhost-user devices as switch ports, the daemon, its threads and control socket
+//   vhost-netmap          the command line
+let package = Package(
+    name: "vhost-netmap",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "vhost-netmap", targets: ["vhost-netmap"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    ],
+    targets: [
+        .target(name: "CVhostShim", cSettings: [.define("_GNU_SOURCE")]),
+        .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
+        .target(name: "VhostSystem", dependencies: [
+            "CVhostShim",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        .target(name: "URing", dependencies: ["CURing"]),
+        .target(name: "VhostUser", dependencies: ["VhostSystem"]),
+        .target(name: "Virtio", dependencies: ["VhostSystem"]),
+        .target(name: "VALESwitch", dependencies: ["Virtio"]),
+        .target(name: "VhostNetmapBackend", dependencies: [
+            "VhostUser", "Virtio", "VALESwitch", "URing", "VhostSystem",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "vhost-netmap", dependencies: [
+            "VhostNetmapBackend",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "VhostSystem"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VhostSystem"]),
+        .testTarget(name: "VALESwitchTests", dependencies: ["VALESwitch", "Virtio", "VhostSystem"]),
+        .testTarget(name: "BackendTests", dependencies: [
+            "VhostNetmapBackend", "VhostUser", "Virtio", "VALESwitch", "VhostSystem",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,40 @@
+#ifndef CVHOSTSHIM_H
+#define CVHOSTSHIM_H
+// What Glibc's Swift overlay does not export: CMSG macros, eventfd/memfd/signalfd, ioctl numbers.
+#include <stddef.h>
+#include <stdint.h>
+#include <signal.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/signalfd.h>
+
+int cvh_eventfd(unsigned int initval, int flags);
+int cvh_memfd_create(const char *name, unsigned int flags);
+int cvh_signalfd(int fd, const sigset_t *mask, int flags);
+int cvh_block_signals(const int *signals, int count);
+int cvh_set_thread_name(const char *name);
+int cvh_pin_thread(int cpu);
+/// accept4 with SOCK_CLOEXEC|SOCK_NONBLOCK (a GNU extension Glibc's overlay hides).
+int cvh_accept_nonblocking(int listener);
+
+extern const int CVH_EFD_CLOEXEC;
+extern const int CVH_EFD_NONBLOCK;
+extern const int CVH_SFD_CLOEXEC;
+extern const int CVH_SFD_NONBLOCK;
+extern const unsigned int CVH_MFD_CLOEXEC;
+extern const unsigned int CVH_MFD_ALLOW_SEALING;
+
+/// Receives up to `len` bytes and up to `maxfds` SCM_RIGHTS descriptors (MSG_CMSG_CLOEXEC).
+/// Returns bytes received (0 on EOF) or -1 with errno. `*nfds` gets the count of descriptors
+/// stored in `fds`; descriptors beyond `maxfds` are closed and counted in `*dropped`.
+/// `*truncated` is set when the kernel truncated the control data (MSG_CTRUNC).
+ssize_t cvh_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds,
+                          int *nfds, int *dropped, int *truncated);
+/// Sends `len` bytes with `nfds` descriptors attached as SCM_RIGHTS.
+ssize_t cvh_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
+
+/// Fills a sockaddr_un; returns its length or -1 if the path does not fit.
+int cvh_sockaddr_un(struct sockaddr_un *addr, const char *path);
+
+#endif

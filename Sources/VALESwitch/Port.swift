@@ -1,0 +1,66 @@
+import Virtio
+
+/// A frame on its way through the switch: it stays in the source port's buffers (a guest's
+/// TX descriptors, a netmap slot, a TAP buffer) until each destination copies it into its own.
+public struct Frame {
+    public var header: VirtioNetHeader
+    /// The buffers holding the frame; the first `offset` bytes are not part of it (the source's
+    /// virtio-net header).
+    public var segments: UnsafePointer<Segment>
+    public var segmentCount: Int
+    public var offset: Int
+    /// Ethernet frame length in bytes (no virtio-net header).
+    public var length: Int
+    /// The source queue pair, so a multi-queue destination can keep flows on one queue.
+    public var queuePair: Int
+
+    @inline(__always)
+    public init(header: VirtioNetHeader, segments: UnsafePointer<Segment>, segmentCount: Int, offset: Int, length: Int, queuePair: Int) {
+        self.header = header
+        self.segments = segments
+        self.segmentCount = segmentCount
+        self.offset = offset
+        self.length = length
+        self.queuePair = queuePair
+    }
+
+    /// A cursor positioned at the first byte of the Ethernet frame.
+    @inline(__always)
+    public var cursor: SegmentCursor {
+        var c = SegmentCursor(segments: segments, count: segmentCount)
+        _ = c.skip(offset)
+        return c
+    }
+}
+
+public enum DeliveryResult {
+    case delivered
+    /// The destination had no buffer large enough (a full ring): dropped, as VALE does.
+    case noRoom
+    /// The destination has no running receive queue (no front-end, or its rings are stopped).
+    case notReady
+    /// The header asks for an offload the destination did not negotiate.
+    case offloadMismatch
+}
+
+/// A port of a switch: a vhost-user device, and later a netmap kernel port or a TAP host port.
+///
+/// All methods are called by the switch's worker thread with the switch lock held, so a port
+/// needs no locking of its own on the data path. Calls are per batch except `deliver`.
+public protocol SwitchPort: AnyObject {
+    /// Moves up to `budget` frames from this port into `vale` (through `vale.forward`), then
+    /// returns its own buffers. Returns the number of frames taken.
+    func transmit(into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int
+    /// Copies `frame` into this port's receive buffers.
+    func deliver(_ frame: Frame) -> DeliveryResult
+    /// Publishes what `deliver` wrote since the last flush and notifies the peer if it asks.
+    func flushDeliveries()
+    /// Descriptors that become readable when this port has new frames (kick eventfds).
+    func wakeDescriptors() -> [CInt]
+    /// True if frames are waiting without a wake-up being possible (a ring in polling mode).
+    var needsPolling: Bool { get }
+    /// Re-enables wake-ups before the worker sleeps; true if frames arrived meanwhile.
+    func prepareToSleep() -> Bool
+    /// Suppresses wake-ups again after the worker woke.
+    func finishSleeping()
+}

@@ -1,0 +1,72 @@
+import Glibc
+import Logging
+import VhostSystem
+import VhostUser
+
+/// One front-end connection to a device: reads messages, lets the device handle them, replies.
+final class Connection {
+    let socket: OwnedDescriptor
+    let device: VhostNetDevice
+    private let reader = MessageReader()
+    private let logger: Logger
+    private(set) var messages = 0
+
+    init(socket: OwnedDescriptor, device: VhostNetDevice, logger: Logger) {
+        self.socket = socket
+        self.device = device
+        self.logger = logger
+    }
+
+    enum Outcome { case open, closed(String) }
+
+    /// Handles everything readable now. A framing error, or a refused message that the
+    /// front-end did not ask an ACK for, closes the connection (with a log line).
+    func service() -> Outcome {
+        while true {
+            let event: MessageReader.Event
+            do {
+                event = try reader.read(from: socket.rawValue)
+            } catch {
+                return .closed("protocol error: \(error)")
+            }
+            switch event {
+            case .wouldBlock: return .open
+            case .closed: return .closed("front-end closed the connection")
+            case .message(let m):
+                messages += 1
+                if case .closed(let why) = dispatch(m) { return .closed(why) }
+            }
+        }
+    }
+
+    private func dispatch(_ m: VhostUserMessage) -> Outcome {
+        let ackWanted = m.header.needsReply && device.protocolFeatures.contains(.replyAck)
+        do {
+            switch try device.handle(m) {
+            case .reply(let payload):
+                try send(MessageReader.reply(to: m.header.request, payload: payload))
+            case .none:
+                if ackWanted { try send(MessageReader.reply(to: m.header.request, payload: ack(0))) }
+            }
+            logger.trace("\(device.name): \(m.request) ok")
+            return .open
+        } catch let e as ProtocolError {
+            logger.warning("\(device.name): refused \(e)")
+            if ackWanted {
+                do { try send(MessageReader.reply(to: m.header.request, payload: ack(1))) } catch {
+                    return .closed("reply failed: \(error)")
+                }
+                return .open
+            }
+            return .closed("refused \(m.request) without REPLY_ACK")
+        } catch {
+            return .closed("reply failed: \(error)")
+        }
+    }
+
+    private func ack(_ v: UInt64) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
+
+    private func send(_ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { try UnixSocket.send(socket.rawValue, $0) }
+    }
+}

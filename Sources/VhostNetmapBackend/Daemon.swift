@@ -1,0 +1,310 @@
+import CVhostShim
+import Foundation
+import Glibc
+import Logging
+import SystemPackage
+import URing
+import VALESwitch
+import VhostSystem
+
+public struct DaemonOptions: Sendable {
+    public var ports: [PortSpec]
+    public var controlSocket: String?
+    public var busyPoll = false
+    /// CPU for each switch worker, in order of first appearance of the switch.
+    public var workerCPUs: [Int] = []
+    public var reconnectInitialNanoseconds: UInt64 = 100_000_000
+    public var reconnectMaxNanoseconds: UInt64 = 2_000_000_000
+
+    public init(ports: [PortSpec], controlSocket: String? = nil) {
+        self.ports = ports
+        self.controlSocket = controlSocket
+    }
+}
+
+public enum DaemonError: Error, CustomStringConvertible {
+    case startup(String)
+    public var description: String { switch self { case .startup(let s): s } }
+}
+
+/// The back-end process: switches and their workers, one vhost-user endpoint per port, the
+/// control socket, and signals, all driven by one io_uring event loop on the main thread.
+public final class Daemon: @unchecked Sendable {
+    final class Endpoint {
+        let spec: PortSpec
+        let device: VhostNetDevice
+        var listener: OwnedDescriptor?
+        var connection: Connection?
+        var connectionWatch: EventLoop.Token?
+        var backoff: UInt64 = 0
+        var connects = 0
+        init(spec: PortSpec, device: VhostNetDevice) {
+            self.spec = spec
+            self.device = device
+        }
+    }
+
+    private let options: DaemonOptions
+    private let logger: Logger
+    private let loop: EventLoop
+    private var switches: [(vale: VALESwitch, worker: SwitchWorker)] = []
+    private var endpoints: [Endpoint] = []
+    private var controlListener: OwnedDescriptor?
+    private var signalDescriptor: OwnedDescriptor?
+    private var createdSocketPaths: [String] = []
+    private var exitCode: Int32 = 0
+
+    public init(options: DaemonOptions, logger: Logger) throws {
+        self.options = options
+        self.logger = logger
+        // Signals go to the signalfd, in every thread (workers inherit this mask).
+        Posix.blockSignals([SIGTERM, SIGINT, SIGUSR1, SIGHUP])
+        signal(SIGPIPE, SIG_IGN)
+        do {
+            loop = try EventLoop()
+        } catch {
+            throw DaemonError.startup("io_uring is not available (\(error)); check /proc/sys/kernel/io_uring_disabled and seccomp")
+        }
+        try setUp()
+    }
+
+    private func setUp() throws {
+        var seen: Set<String> = []
+        for spec in options.ports {
+            guard seen.insert(spec.fullName).inserted else { throw DaemonError.startup("port \(spec.fullName) given twice") }
+        }
+        for spec in options.ports {
+            let (vale, worker) = try switchNamed(spec.switchName)
+            let device = try VhostNetDevice(name: spec.fullName, queuePairs: spec.queuePairs, vale: vale,
+                                            logger: logger, wakeWorker: { worker.poke() })
+            endpoints.append(Endpoint(spec: spec, device: device))
+        }
+        if let path = options.controlSocket {
+            try makeParentDirectory(path)
+            do {
+                controlListener = try UnixSocket.listen(path: path, mode: 0o660)
+                createdSocketPaths.append(path)
+            } catch {
+                throw DaemonError.startup("cannot listen on control socket \(path): \(error)")
+            }
+        }
+        for e in endpoints where e.spec.mode == .server {
+            if let fd = e.spec.inheritedDescriptor {
+                guard fcntl(fd, F_GETFD) >= 0 else { throw DaemonError.startup("--fd \(fd) is not an open descriptor") }
+                continue
+            }
+            guard let path = e.spec.socketPath else { throw DaemonError.startup("\(e.spec.fullName): no socket path") }
+            try makeParentDirectory(path)
+            do {
+                e.listener = try UnixSocket.listen(path: path, mode: e.spec.socketMode.map { mode_t($0) })
+                createdSocketPaths.append(path)
+            } catch {
+                throw DaemonError.startup("cannot listen on \(path) for \(e.spec.fullName): \(error)")
+            }
+        }
+    }
+
+    private func makeParentDirectory(_ path: String) throws {
+        let dir = (path as NSString).deletingLastPathComponent
+        guard !dir.isEmpty else { return }
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        } catch {
+            throw DaemonError.startup("cannot create directory \(dir): \(error.localizedDescription)")
+        }
+    }
+
+    private func switchNamed(_ name: String) throws -> (VALESwitch, SwitchWorker) {
+        if let s = switches.first(where: { $0.vale.name == name }) { return s }
+        let vale = VALESwitch(name: name)
+        let cpu = switches.count < options.workerCPUs.count ? options.workerCPUs[switches.count] : nil
+        let worker = try SwitchWorker(vale: vale, busyPoll: options.busyPoll, cpu: cpu, logger: logger)
+        switches.append((vale, worker))
+        return (vale, worker)
+    }
+
+    /// Runs until SIGTERM/SIGINT (or, with an inherited connection, until it closes).
+    /// Returns the process exit code.
+    public func run() -> Int32 {
+        for s in switches { s.worker.start() }
+        watchSignals()
+        if let l = controlListener {
+            loop.watchReadable(l.rawValue) { [unowned self] _ in acceptControl(l.rawValue); return .keepWatching }
+        }
+        for e in endpoints {
+            if let fd = e.spec.inheritedDescriptor {
+                attach(OwnedDescriptor(adopting: fd), to: e)
+            } else if let l = e.listener {
+                logger.info("\(e.spec.fullName): listening on \(e.spec.socketPath!) (\(e.spec.queuePairs) queue pair(s))")
+                loop.watchReadable(l.rawValue) { [unowned self] _ in acceptFrontEnd(e); return .keepWatching }
+            } else {
+                connect(e)
+            }
+        }
+        logger.info("vhost-netmap running: \(endpoints.count) port(s) on \(switches.count) embedded switch(es)\(options.busyPoll ? ", busy-polling" : "")")
+        loop.run()
+        shutDown()
+        return exitCode
+    }
+
+    private func watchSignals() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in [SIGTERM, SIGINT, SIGUSR1, SIGHUP] { sigaddset(&set, s) }
+        let fd = cvh_signalfd(-1, &set, CVH_SFD_CLOEXEC | CVH_SFD_NONBLOCK)
+        guard fd >= 0 else {
+            logger.error("signalfd failed (errno \(errno)); SIGTERM will not stop the daemon cleanly")
+            return
+        }
+        let owned = OwnedDescriptor(adopting: fd)
+        signalDescriptor = owned
+        loop.watchReadable(fd) { [unowned self] _ in
+            var info = signalfd_siginfo()
+            while withUnsafeMutableBytes(of: &info, { Glibc.read(fd, $0.baseAddress, $0.count) }) == MemoryLayout<signalfd_siginfo>.size {
+                switch Int32(info.ssi_signo) {
+                case SIGUSR1:
+                    logger.notice("statistics: \(statisticsJSON(pretty: false))")
+                case SIGHUP:
+                    logger.notice("SIGHUP ignored (no configuration file to reload)")
+                default:
+                    logger.notice("signal \(info.ssi_signo): stopping")
+                    loop.stop()
+                }
+            }
+            return .keepWatching
+        }
+    }
+
+    // MARK: Front-end connections
+
+    private func acceptFrontEnd(_ e: Endpoint) {
+        guard let l = e.listener else { return }
+        while let socket = try? UnixSocket.accept(l.rawValue) {
+            if e.connection != nil {
+                logger.warning("\(e.spec.fullName): refused a second front-end while one is connected")
+                continue
+            }
+            attach(socket, to: e)
+        }
+    }
+
+    private func connect(_ e: Endpoint) {
+        guard let path = e.spec.socketPath else { return }
+        do {
+            let socket = try UnixSocket.connect(path: path)
+            e.backoff = 0
+            attach(socket, to: e)
+        } catch {
+            e.backoff = e.backoff == 0 ? options.reconnectInitialNanoseconds : min(e.backoff * 2, options.reconnectMaxNanoseconds)
+            if e.connects == 0 || e.backoff == options.reconnectMaxNanoseconds {
+                logger.info("\(e.spec.fullName): connecting to \(path) failed (\(error)); retrying in \(e.backoff / 1_000_000) ms")
+            }
+            loop.after(nanoseconds: e.backoff) { [unowned self] in connect(e) }
+        }
+    }
+
+    private func attach(_ socket: OwnedDescriptor, to e: Endpoint) {
+        try? Posix.setNonBlocking(socket.rawValue)
+        let c = Connection(socket: socket, device: e.device, logger: logger)
+        e.connection = c
+        e.connects += 1
+        logger.info("\(e.spec.fullName): front-end connected")
+        e.connectionWatch = loop.watchReadable(socket.rawValue) { [unowned self] _ in
+            switch c.service() {
+            case .open:
+                return .keepWatching
+            case .closed(let why):
+                disconnect(e, why: why)
+                return .stop
+            }
+        }
+    }
+
+    private func disconnect(_ e: Endpoint, why: String) {
+        logger.info("\(e.spec.fullName): front-end disconnected: \(why)")
+        e.connection = nil
+        e.connectionWatch = nil
+        e.device.reset(reason: "disconnect")
+        if e.spec.inheritedDescriptor != nil {
+            logger.notice("\(e.spec.fullName): inherited connection closed: stopping")
+            loop.stop()
+        } else if e.spec.mode == .client {
+            e.backoff = options.reconnectInitialNanoseconds
+            loop.after(nanoseconds: e.backoff) { [unowned self] in connect(e) }
+        }
+    }
+
+    // MARK: Control socket
+
+    private func acceptControl(_ listener: CInt) {
+        while let client = try? UnixSocket.accept(listener) {
+            // One short request line per connection; a client that sends nothing is dropped
+            // after it is readable once, so it cannot hold the control thread.
+            loop.watchReadable(client.rawValue) { [unowned self] _ in
+                var buffer = [UInt8](repeating: 0, count: 256)
+                let n = buffer.withUnsafeMutableBytes { Glibc.read(client.rawValue, $0.baseAddress, $0.count) }
+                let line = n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : ""
+                let answer: String
+                switch line {
+                case "stats": answer = statisticsJSON(pretty: true)
+                case "ping": answer = "pong"
+                default: answer = "{\"error\": \"unknown command '\(line.prefix(32))'; try: stats, ping\"}"
+                }
+                let bytes = Array((answer + "\n").utf8)
+                bytes.withUnsafeBytes { _ = try? UnixSocket.send(client.rawValue, $0) }
+                return .stop
+            }
+        }
+    }
+
+    public struct PortReport: Codable, Sendable {
+        public var name: String
+        public var index: Int
+        public var socket: String
+        public var mode: String
+        public var queuePairs: Int
+        public var connected: Bool
+        public var device: VhostNetDevice.Status
+        public var counters: PortCounters
+    }
+
+    public struct SwitchReport: Codable, Sendable {
+        public var name: String
+        public var learnedAddresses: Int
+        public var ports: [PortReport]
+    }
+
+    public func statistics() -> [SwitchReport] {
+        switches.map { s in
+            s.vale.lock.withLock { _ in
+                let ports = endpoints.filter { $0.spec.switchName == s.vale.name }.map { e in
+                    PortReport(name: e.spec.fullName, index: e.device.portIndex,
+                               socket: e.spec.socketPath ?? "fd:\(e.spec.inheritedDescriptor ?? -1)",
+                               mode: e.spec.mode.rawValue, queuePairs: e.spec.queuePairs,
+                               connected: e.connection != nil, device: e.device.statusLocked(),
+                               counters: s.vale.counters[e.device.portIndex])
+                }
+                return SwitchReport(name: s.vale.name, learnedAddresses: s.vale.learning.entryCount, ports: ports)
+            }
+        }
+    }
+
+    public func statisticsJSON(pretty: Bool) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys] : [.sortedKeys]
+        let data = (try? encoder.encode(["switches": statistics()])) ?? Data()
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    // MARK: Shutdown
+
+    private func shutDown() {
+        logger.info("stopping: rings left consistent, sockets removed")
+        for e in endpoints {
+            e.device.reset(reason: "shutdown")
+            e.connection = nil
+        }
+        for s in switches { s.worker.stop() }
+        for path in createdSocketPaths { unlink(path) }
+    }
+}

@@ -1,0 +1,83 @@
+/// How one vhost-user device is exposed: which switch port, which socket, which mode.
+public struct PortSpec: Sendable, Equatable {
+    public enum Mode: String, Sendable {
+        /// We listen; the front-end (QEMU `reconnect-ms`, DPDK virtio-user default) connects.
+        case server
+        /// We connect, and reconnect with back-off (QEMU `server=on`, virtio-user `server=1`).
+        case client
+    }
+
+    public var switchName: String
+    public var portName: String
+    public var socketPath: String?
+    /// An already-connected socket inherited from the parent (`--fd`).
+    public var inheritedDescriptor: Int32?
+    public var mode: Mode
+    public var queuePairs: Int
+    /// Socket file permissions (server mode), e.g. 0o660 for a group shared with QEMU.
+    public var socketMode: UInt32?
+
+    public init(switchName: String, portName: String, socketPath: String?, inheritedDescriptor: Int32? = nil,
+                mode: Mode = .server, queuePairs: Int = 1, socketMode: UInt32? = nil) {
+        self.switchName = switchName
+        self.portName = portName
+        self.socketPath = socketPath
+        self.inheritedDescriptor = inheritedDescriptor
+        self.mode = mode
+        self.queuePairs = queuePairs
+        self.socketMode = socketMode
+    }
+
+    public var fullName: String { "\(switchName):\(portName)" }
+
+    public enum ParseError: Error, CustomStringConvertible, Equatable {
+        case message(String)
+        public var description: String { switch self { case .message(let m): m } }
+    }
+
+    public static let maxQueuePairs = 16
+
+    /// Parses `valeX:Y=/path/to.sock[,client][,queues=N][,mode=0660]`.
+    public static func parse(_ text: String) throws(ParseError) -> PortSpec {
+        guard let eq = text.firstIndex(of: "=") else {
+            throw .message("'\(text)': expected SWITCH:PORT=SOCKET[,client][,queues=N][,mode=0660]")
+        }
+        let name = String(text[..<eq])
+        let rest = text[text.index(after: eq)...].split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        let (sw, port) = try parseName(name)
+        guard let path = rest.first, !path.isEmpty else { throw .message("'\(text)': missing socket path after '='") }
+        var spec = PortSpec(switchName: sw, portName: port, socketPath: path)
+        for option in rest.dropFirst() {
+            if option == "client" { spec.mode = .client }
+            else if option == "server" { spec.mode = .server }
+            else if option.hasPrefix("queues=") {
+                guard let n = Int(option.dropFirst(7)), n >= 1, n <= maxQueuePairs else {
+                    throw .message("'\(option)': queues must be 1...\(maxQueuePairs)")
+                }
+                spec.queuePairs = n
+            } else if option.hasPrefix("mode=") {
+                guard let m = UInt32(option.dropFirst(5), radix: 8), m <= 0o777 else {
+                    throw .message("'\(option)': mode must be octal, e.g. mode=0660")
+                }
+                spec.socketMode = m
+            } else {
+                throw .message("'\(option)': unknown option (client, server, queues=N, mode=OCTAL)")
+            }
+        }
+        return spec
+    }
+
+    /// Splits `valeX:Y`, with VALE's naming rules: names of [0-9a-zA-Z_], total < IFNAMSIZ (16).
+    public static func parseName(_ name: String) throws(ParseError) -> (String, String) {
+        let parts = name.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 2, parts[0].hasPrefix("vale"), parts[0].count > 4, !parts[1].isEmpty else {
+            throw .message("'\(name)': expected valeX:Y (e.g. vale0:vm1)")
+        }
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+        guard parts[0].dropFirst(4).allSatisfy({ allowed.contains($0) }), parts[1].allSatisfy({ allowed.contains($0) }) else {
+            throw .message("'\(name)': switch and port names may only use [0-9a-zA-Z_]")
+        }
+        guard name.utf8.count < 16 else { throw .message("'\(name)': longer than 15 characters (IFNAMSIZ)") }
+        return (parts[0], parts[1])
+    }
+}

@@ -1,0 +1,384 @@
+import Glibc
+import Logging
+import VALESwitch
+import VhostSystem
+import VhostUser
+import Virtio
+
+/// One vhost-user virtio-net device: the protocol state machine for a front-end, attached to a
+/// switch port. Runs on the control thread; every change that the data path can see is made
+/// with the switch lock held.
+public final class VhostNetDevice: @unchecked Sendable {
+    /// Per-ring control state (vhost-user's view of a virtqueue).
+    final class Vring {
+        var size: UInt32 = 0
+        var addresses: RingAddresses?
+        var base: UInt16 = 0
+        var kick: OwnedDescriptor?
+        var call: OwnedDescriptor?
+        var error: OwnedDescriptor?
+        var kickPolled = false
+        /// Started by SET_VRING_KICK, stopped by GET_VRING_BASE.
+        var started = false
+        var enabled = false
+    }
+
+    public static let offeredFeatures: VirtioFeatures = [
+        .version1, .anyLayout, .indirectDescriptors, .eventIndex, .netMergeableRxBuffers,
+        .protocolFeatures, .netMQ, .netMTU, .netGuestAnnounce,
+        .netCSUM, .netGuestCSUM, .netGuestTSO4, .netGuestTSO6, .netGuestECN, .netGuestUFO,
+        .netHostTSO4, .netHostTSO6, .netHostECN, .netHostUFO,
+    ]
+    public static let offeredProtocolFeatures: ProtocolFeatures = [.mq, .replyAck, .rarp, .mtu]
+
+    public let name: String
+    public let queuePairs: Int
+    let vale: VALESwitch
+    let port: VirtioNetPort
+    public private(set) var portIndex: Int = -1
+    private let logger: Logger
+    private let wakeWorker: () -> Void
+
+    private var vrings: [Vring]
+    private var memory: GuestMemory?
+    private(set) var features: VirtioFeatures = []
+    private var featuresSet = false
+    private(set) var protocolFeatures: ProtocolFeatures = []
+    private var owned = false
+    public private(set) var mtu: Int = 1500
+
+    public init(name: String, queuePairs: Int, vale: VALESwitch, logger: Logger, wakeWorker: @escaping () -> Void) throws {
+        precondition(queuePairs >= 1 && queuePairs <= 64)
+        self.name = name
+        self.queuePairs = queuePairs
+        self.vale = vale
+        self.logger = logger
+        self.wakeWorker = wakeWorker
+        vrings = (0..<(2 * queuePairs)).map { _ in Vring() }
+        let log = logger
+        let deviceName = name
+        port = VirtioNetPort(queueCount: 2 * queuePairs) { q in
+            log.error("\(deviceName): ring \(q.index) broken: \(q.brokenReason ?? "?"); it stays stopped until the front-end resets it")
+        }
+        let portName = name.split(separator: ":", maxSplits: 1).last.map(String.init) ?? name
+        let p = port
+        portIndex = try vale.lock.withLock { _ throws(SwitchError) in try vale.attach(p, named: portName) }
+    }
+
+    public func detachFromSwitch() {
+        reset(reason: "port removed")
+        vale.lock.withLock { _ in vale.detach(index: portIndex) }
+        wakeWorker()
+    }
+
+    // MARK: Message handling
+
+    /// What to send back for a message.
+    public enum Response {
+        case none
+        case reply([UInt8])
+    }
+
+    /// Handles one validated-framing message. Throws `ProtocolError` to refuse it.
+    public func handle(_ m: VhostUserMessage) throws(ProtocolError) -> Response {
+        try MessageFraming.validate(m)
+        let r = m.request
+        switch r {
+        case .getFeatures:
+            return .reply(u64(Self.offeredFeatures.rawValue))
+        case .setFeatures:
+            let f = VirtioFeatures(rawValue: m.withPayload { $0.u64 })
+            guard Self.offeredFeatures.isSuperset(of: f) else {
+                throw .invalid(r, "features \(f) include bits not offered (\(VirtioFeatures(rawValue: f.rawValue & ~Self.offeredFeatures.rawValue)))")
+            }
+            setFeatures(f)
+        case .getProtocolFeatures:
+            return .reply(u64(Self.offeredProtocolFeatures.rawValue))
+        case .setProtocolFeatures:
+            let p = ProtocolFeatures(rawValue: m.withPayload { $0.u64 })
+            guard Self.offeredProtocolFeatures.isSuperset(of: p) else {
+                throw .invalid(r, "protocol features 0x\(String(p.rawValue, radix: 16)) include bits not offered")
+            }
+            protocolFeatures = p
+        case .setOwner:
+            owned = true
+        case .resetOwner:
+            reset(reason: "RESET_OWNER")
+        case .getQueueNum:
+            // Queue pairs, as QEMU's and DPDK's front-ends compare it with their queues= option.
+            return .reply(u64(UInt64(queuePairs)))
+        case .setMemTable:
+            try setMemoryTable(m)
+        case .setVringNum:
+            let s = m.withPayload { VringState($0) }
+            let v = try vring(s.index, r)
+            guard !v.started else { throw .invalid(r, "ring \(s.index) is running") }
+            guard s.num >= 1, s.num <= UInt32(SplitQueue.maxSize), s.num & (s.num - 1) == 0 else {
+                throw .invalid(r, "size \(s.num) is not a power of two in 1...\(SplitQueue.maxSize)")
+            }
+            v.size = s.num
+        case .setVringAddr:
+            let a = m.withPayload { VringAddress($0) }
+            let v = try vring(a.index, r)
+            guard a.flags & ~VringAddress.logFlag == 0 else { throw .invalid(r, "unknown flags 0x\(String(a.flags, radix: 16))") }
+            guard let memory else { throw .invalid(r, "no memory table yet") }
+            guard v.size != 0 else { throw .invalid(r, "ring \(a.index) has no size yet (SET_VRING_NUM)") }
+            let addresses = RingAddresses(descriptorTable: a.descriptorTable, availRing: a.availRing, usedRing: a.usedRing)
+            try checkLayout(addresses, size: v.size, memory: memory, r)
+            try withDatapathPaused { () throws(ProtocolError) in
+                v.addresses = addresses
+                if v.started { try attach(a.index, r) }
+            }
+        case .setVringBase:
+            let s = m.withPayload { VringState($0) }
+            let v = try vring(s.index, r)
+            guard !v.started else { throw .invalid(r, "ring \(s.index) is running") }
+            guard s.num <= 0xffff else { throw .invalid(r, "base \(s.num) does not fit 16 bits (split ring)") }
+            v.base = UInt16(s.num)
+        case .getVringBase:
+            let s = m.withPayload { VringState($0) }
+            let v = try vring(s.index, r)
+            let base = stop(Int(s.index))
+            _ = v
+            return .reply(VringState(index: s.index, num: UInt32(base)).encoded())
+        case .setVringKick:
+            let p = VringDescriptorPayload(m.withPayload { $0.u64 })!
+            let v = try vring(p.index, r)
+            let fd = try eventDescriptor(m, p, r)
+            guard memory != nil, v.size != 0, v.addresses != nil else {
+                throw .invalid(r, "ring \(p.index) is not set up (needs SET_MEM_TABLE, SET_VRING_NUM, SET_VRING_ADDR)")
+            }
+            try withDatapathPaused { () throws(ProtocolError) in
+                v.kick = fd
+                v.kickPolled = p.noDescriptor
+                if !v.started {
+                    port.queues[Int(p.index)].lastAvailIndex = v.base
+                }
+                v.started = true
+                try attach(p.index, r)
+            }
+            logger.info("\(name): ring \(p.index) started (size \(v.size), base \(v.base)\(p.noDescriptor ? ", polled" : ""))")
+        case .setVringCall:
+            let p = VringDescriptorPayload(m.withPayload { $0.u64 })!
+            let v = try vring(p.index, r)
+            let fd = try eventDescriptor(m, p, r)
+            withDatapathPaused { v.call = fd }
+        case .setVringErr:
+            let p = VringDescriptorPayload(m.withPayload { $0.u64 })!
+            let v = try vring(p.index, r)
+            let fd = try eventDescriptor(m, p, r)
+            withDatapathPaused { v.error = fd }
+        case .setVringEnable:
+            let s = m.withPayload { VringState($0) }
+            let v = try vring(s.index, r)
+            guard features.contains(.protocolFeatures) else { throw .invalid(r, "PROTOCOL_FEATURES not negotiated") }
+            guard s.num <= 1 else { throw .invalid(r, "enable must be 0 or 1, got \(s.num)") }
+            withDatapathPaused { v.enabled = s.num == 1 }
+        case .sendRARP:
+            guard protocolFeatures.contains(.rarp) else { throw .invalid(r, "RARP not negotiated") }
+            let mac = m.withPayload { Array($0[0..<6]) }
+            withDatapathPaused { port.pendingAnnouncement = mac }
+            logger.info("\(name): RARP announcement for \(mac.map { String($0, radix: 16) }.joined(separator: ":"))")
+        case .netSetMTU:
+            guard protocolFeatures.contains(.mtu) else { throw .invalid(r, "MTU not negotiated") }
+            let value = m.withPayload { $0.u64 }
+            guard value >= 68 && value <= 65535 else { throw .invalid(r, "MTU \(value) outside 68...65535") }
+            mtu = Int(value)
+        default:
+            throw .unsupported(r)
+        }
+        return .none
+    }
+
+    private func u64(_ v: UInt64) -> [UInt8] {
+        withUnsafeBytes(of: v.littleEndian) { Array($0) }
+    }
+
+    private func vring(_ index: UInt32, _ r: VhostUserRequest) throws(ProtocolError) -> Vring {
+        guard index < UInt32(vrings.count) else {
+            throw .invalid(r, "ring index \(index) out of range (device has \(vrings.count) rings)")
+        }
+        return vrings[Int(index)]
+    }
+
+    /// Takes the eventfd of KICK/CALL/ERR, refusing anything that is not an eventfd (a pipe or
+    /// socket could block or be drained by mistake).
+    private func eventDescriptor(_ m: VhostUserMessage, _ p: VringDescriptorPayload, _ r: VhostUserRequest) throws(ProtocolError) -> OwnedDescriptor? {
+        guard !p.noDescriptor else { return nil }
+        let fd = m.descriptors[0]
+        var buf = [CChar](repeating: 0, count: 64)
+        let n = readlink("/proc/self/fd/\(fd.rawValue)", &buf, 63)
+        let target = n > 0 ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
+        guard target == "anon_inode:[eventfd]" else { throw .invalid(r, "descriptor is not an eventfd (\(target))") }
+        try? Posix.setNonBlocking(fd.rawValue)
+        return fd
+    }
+
+    private func checkLayout(_ a: RingAddresses, size: UInt32, memory: GuestMemory, _ r: VhostUserRequest) throws(ProtocolError) {
+        let probe = SplitQueue(index: 0)
+        do {
+            try probe.attach(size: size, addresses: a, memory: memory)
+        } catch {
+            throw .invalid(r, error.description)
+        }
+    }
+
+    private func setFeatures(_ f: VirtioFeatures) {
+        withDatapathPaused {
+            features = f
+            featuresSet = true
+            if !f.contains(.protocolFeatures) {
+                // Without PROTOCOL_FEATURES every ring is enabled (vhost-user spec).
+                for v in vrings { v.enabled = true }
+            }
+        }
+        logger.info("\(name): features \(f) (header \(f.netHeaderLength) bytes\(f.contains(.netMergeableRxBuffers) ? ", mergeable RX" : ""))")
+    }
+
+    private func setMemoryTable(_ m: VhostUserMessage) throws(ProtocolError) {
+        let table = m.withPayload { MemoryTable($0) }
+        let specs = table.regions.map {
+            GuestRegionSpec(guestPhysicalAddress: $0.guestPhysicalAddress, size: $0.size, userAddress: $0.userAddress, mmapOffset: $0.mmapOffset)
+        }
+        let newMemory: GuestMemory
+        do {
+            newMemory = try GuestMemory(specs: specs, descriptors: m.descriptors)
+        } catch {
+            throw .invalid(.setMemTable, error.description)
+        }
+        // Running rings move to the new table; one whose layout falls outside it is refused
+        // before anything changes. The old mappings go away once nothing holds them.
+        for (i, v) in vrings.enumerated() where v.started {
+            guard let a = v.addresses else { continue }
+            try checkLayout(a, size: v.size, memory: newMemory, .setMemTable)
+            _ = i
+        }
+        try withDatapathPaused { () throws(ProtocolError) in
+            memory = newMemory
+            for (i, v) in vrings.enumerated() where v.started {
+                try attach(UInt32(i), .setMemTable)
+            }
+        }
+        logger.info("\(name): memory table with \(specs.count) region(s), \(newMemory.totalSize >> 20) MiB")
+    }
+
+    /// Attaches the ring's queue to memory (datapath paused by the caller).
+    private func attach(_ index: UInt32, _ r: VhostUserRequest) throws(ProtocolError) {
+        let v = vrings[Int(index)]
+        let q = port.queues[Int(index)]
+        guard let memory, let a = v.addresses else { return }
+        let last = q.lastAvailIndex
+        do {
+            try q.attach(size: v.size, addresses: a, memory: memory)
+        } catch {
+            throw .invalid(r, error.description)
+        }
+        q.lastAvailIndex = last
+    }
+
+    /// GET_VRING_BASE: stops the ring and returns where the guest should resume.
+    private func stop(_ index: Int) -> UInt16 {
+        let v = vrings[index]
+        let q = port.queues[index]
+        var base = v.base
+        withDatapathPaused {
+            if v.started {
+                base = q.lastAvailIndex
+                if q.isAttached { q.publishUsed() }
+                q.detach()
+            }
+            v.started = false
+            v.kick = nil
+            v.kickPolled = false
+            v.base = base
+        }
+        logger.info("\(name): ring \(index) stopped at \(base)")
+        return base
+    }
+
+    /// Back to the state of a new connection: rings stopped and unmapped, descriptors closed.
+    public func reset(reason: String) {
+        withDatapathPaused {
+            for (i, v) in vrings.enumerated() {
+                let q = port.queues[i]
+                if v.started && q.isAttached { q.publishUsed() }
+                q.detach()
+                q.lastAvailIndex = 0
+                vrings[i] = Vring()
+            }
+            memory = nil
+            features = []
+            featuresSet = false
+            protocolFeatures = []
+            owned = false
+            port.pendingAnnouncement = nil
+            vale.learning.forget(port: portIndex)
+        }
+        logger.info("\(name): reset (\(reason))")
+    }
+
+    /// Runs `body` with the switch worker paused (switch lock held), then republishes what the
+    /// data path may use and wakes the worker so it re-reads its wake-up descriptors.
+    private func withDatapathPaused<E: Error>(_ body: () throws(E) -> Void) throws(E) {
+        var failure: E?
+        vale.lock.withLock { _ in
+            do throws(E) {
+                try body()
+            } catch {
+                failure = error
+            }
+            refreshDatapath()
+            vale.configurationChanged()
+        }
+        wakeWorker()
+        if let failure { throw failure }
+    }
+
+    /// Recomputes the port's ready rings: started, enabled, attached, not broken.
+    private func refreshDatapath() {
+        let hdr = features.netHeaderLength
+        var tx: [SplitQueue] = []
+        var rx: [SplitQueue] = []
+        var polled = false
+        for (i, v) in vrings.enumerated() {
+            let q = port.queues[i]
+            q.eventIndex = features.contains(.eventIndex)
+            q.indirectAllowed = features.contains(.indirectDescriptors)
+            port.callDescriptors[i] = v.call?.rawValue ?? -1
+            port.errorDescriptors[i] = v.error?.rawValue ?? -1
+            port.kickDescriptors[i] = v.kick?.rawValue ?? -1
+            guard featuresSet, v.started, v.enabled, q.isAttached, !q.broken else { continue }
+            if i & 1 == 1 {
+                tx.append(q)
+                if v.kickPolled { polled = true }
+            } else {
+                rx.append(q)
+            }
+        }
+        port.readyTX = tx
+        port.readyRX = rx
+        port.polledTX = polled
+        port.features = features
+        port.headerLength = hdr
+        port.mergeable = features.contains(.netMergeableRxBuffers)
+    }
+
+    // MARK: Introspection
+
+    public struct Status: Codable, Sendable {
+        public var features: UInt64
+        public var protocolFeatures: UInt64
+        public var memoryRegions: Int
+        public var readyTX: Int
+        public var readyRX: Int
+        public var brokenRings: [Int]
+        public var mtu: Int
+    }
+
+    /// Caller holds the switch lock.
+    func statusLocked() -> Status {
+        Status(features: features.rawValue, protocolFeatures: protocolFeatures.rawValue,
+               memoryRegions: memory?.regions.count ?? 0, readyTX: port.readyTX.count, readyRX: port.readyRX.count,
+               brokenRings: port.queues.filter { $0.broken }.map { $0.index }, mtu: mtu)
+    }
+}

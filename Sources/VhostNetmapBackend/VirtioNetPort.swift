@@ -1,0 +1,333 @@
+import VALESwitch
+import VhostSystem
+import Virtio
+
+/// The data path of one vhost-user virtio-net device, seen by the switch as a port.
+///
+/// Its queues are configured by `VhostNetDevice` on the control thread with the switch lock
+/// held; the switch worker uses them under the same lock. Receive queues are the even rings,
+/// transmit queues the odd ones (RX = 2i, TX = 2i + 1 for queue pair i).
+public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
+    /// A receive chain taken for the packet being delivered: (head, bytes written).
+    private struct PendingUsed {
+        var head: UInt16
+        var length: UInt32
+    }
+
+    public let queues: [SplitQueue]
+    // Set by the device (control thread, switch lock held).
+    var readyTX: [SplitQueue] = []
+    var readyRX: [SplitQueue] = []
+    var callDescriptors: [CInt]
+    var errorDescriptors: [CInt]
+    var kickDescriptors: [CInt]
+    var polledTX = false
+    var features: VirtioFeatures = []
+    var headerLength = 12
+    var mergeable = false
+
+    private var txSegments = SegmentList(capacity: SplitQueue.maxSegmentsPerChain)
+    private var rxSegments = SegmentList(capacity: SplitQueue.maxSegmentsPerChain)
+    private let pending: UnsafeMutablePointer<PendingUsed>
+    private let pendingCapacity = 1024
+    private var dirtyRX: UInt64 = 0
+    private var txCursor = 0
+    let onBroken: (SplitQueue) -> Void
+
+    init(queueCount: Int, onBroken: @escaping (SplitQueue) -> Void) {
+        queues = (0..<queueCount).map { SplitQueue(index: $0) }
+        callDescriptors = Array(repeating: -1, count: queueCount)
+        errorDescriptors = Array(repeating: -1, count: queueCount)
+        kickDescriptors = Array(repeating: -1, count: queueCount)
+        pending = .allocate(capacity: pendingCapacity)
+        self.onBroken = onBroken
+    }
+
+    deinit {
+        txSegments.deallocate()
+        rxSegments.deallocate()
+        announcementBuffer.deallocate()
+        pending.deallocate()
+    }
+
+    @inline(__always)
+    private func notify(_ q: SplitQueue) {
+        if q.needsInterrupt() {
+            let fd = callDescriptors[q.index]
+            if fd >= 0 { EventFD.signal(fd) }
+        }
+    }
+
+    private func reportBroken(_ q: SplitQueue) {
+        guard !q.brokenReported else { return }
+        q.brokenReported = true
+        let fd = errorDescriptors[q.index]
+        if fd >= 0 { EventFD.signal(fd) }
+        onBroken(q)
+    }
+
+    // MARK: Guest TX → switch
+
+    public func transmit(into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int {
+        var moved = 0
+        if let announcement = pendingAnnouncement {
+            pendingAnnouncement = nil
+            sendAnnouncement(announcement, into: vale, as: portIndex)
+            moved = 1
+        }
+        let count = readyTX.count
+        guard count > 0 else { return moved }
+        for k in 0..<count {
+            let q = readyTX[(txCursor &+ k) % count]
+            moved &+= transmit(q, into: vale, as: portIndex, budget: budget &- moved)
+            if moved >= budget { break }
+        }
+        txCursor &+= 1
+        return moved
+    }
+
+    @inline(__always)
+    private func transmit(_ q: SplitQueue, into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int {
+        guard let available = q.availableCount() else {
+            if q.broken { reportBroken(q) }
+            return 0
+        }
+        let n = min(available, budget)
+        if n == 0 { return 0 }
+        let hdrLen = headerLength
+        let queuePair = q.index >> 1
+        var taken = 0
+        while taken < n {
+            guard let result = q.nextChain(writable: false, into: &txSegments) else {
+                reportBroken(q)
+                break
+            }
+            taken &+= 1
+            switch result {
+            case .bad(let head, _):
+                vale.countBadDescriptor(from: portIndex)
+                q.addUsed(head: head, length: 0)
+            case .chain(let head, let length):
+                if length < hdrLen {
+                    vale.countBadDescriptor(from: portIndex)
+                } else {
+                    let header = readHeader(length: hdrLen)
+                    vale.forward(Frame(header: header, segments: txSegments.storage, segmentCount: txSegments.count,
+                                       offset: hdrLen, length: length &- hdrLen, queuePair: queuePair), from: portIndex)
+                }
+                q.addUsed(head: head, length: 0)
+            }
+        }
+        q.publishUsed()
+        notify(q)
+        return taken
+    }
+
+    /// A RARP frame announcing `mac` (SEND_RARP, after a migration), flooded like any broadcast.
+    var pendingAnnouncement: [UInt8]?
+    private let announcementBuffer = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 8)
+
+    private func sendAnnouncement(_ mac: [UInt8], into vale: VALESwitch, as portIndex: Int) {
+        let frame = Self.rarpFrame(for: mac)
+        frame.withUnsafeBytes { announcementBuffer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        var segment = Segment(base: announcementBuffer, length: frame.count)
+        withUnsafePointer(to: &segment) {
+            vale.forward(Frame(header: VirtioNetHeader(), segments: $0, segmentCount: 1, offset: 0, length: frame.count, queuePair: 0), from: portIndex)
+        }
+    }
+
+    /// Ethernet broadcast RARP "reverse request" for `mac`, padded to 60 bytes (what QEMU sends).
+    static func rarpFrame(for mac: [UInt8]) -> [UInt8] {
+        var f = [UInt8](repeating: 0xff, count: 6) + mac + [0x80, 0x35]
+        f += [0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x03]
+        f += mac + [0, 0, 0, 0] + mac + [0, 0, 0, 0]
+        f += [UInt8](repeating: 0, count: 60 - f.count)
+        return f
+    }
+
+    /// The virtio-net header of the chain in `txSegments`, read once (it may span descriptors).
+    @inline(__always)
+    private func readHeader(length: Int) -> VirtioNetHeader {
+        let first = txSegments.storage[0]
+        if first.length >= length {
+            return VirtioNetHeader(bytes: first.base, length: length)
+        }
+        var raw: (UInt64, UInt64) = (0, 0)
+        return withUnsafeMutableBytes(of: &raw) { buf in
+            var c = SegmentCursor(segments: txSegments.storage, count: txSegments.count)
+            _ = c.read(into: buf.baseAddress!, length: length)
+            return VirtioNetHeader(bytes: buf.baseAddress!, length: length)
+        }
+    }
+
+    // MARK: Switch → guest RX
+
+    public func deliver(_ frame: Frame) -> DeliveryResult {
+        let count = readyRX.count
+        guard count > 0 else { return .notReady }
+        let q = readyRX[frame.queuePair % count]
+        guard features.isSuperset(of: frame.header.requiredReceiveFeatures) else { return .offloadMismatch }
+        guard let available = q.availableCount() else {
+            if q.broken { reportBroken(q) }
+            return .notReady
+        }
+        if available == 0 { return .noRoom }
+        let result = mergeable ? deliverMergeable(frame, to: q, available: available)
+                               : deliverSingle(frame, to: q, available: available)
+        if result == .delivered || q.usedIndexDirty {
+            dirtyRX |= 1 << UInt64(q.index >> 1)
+        }
+        return result
+    }
+
+    /// Without MRG_RXBUF: the whole packet goes into one chain.
+    @inline(__always)
+    private func deliverSingle(_ frame: Frame, to q: SplitQueue, available: Int) -> DeliveryResult {
+        let hdrLen = headerLength
+        let total = hdrLen &+ frame.length
+        guard let result = q.nextChain(writable: true, into: &rxSegments) else {
+            reportBroken(q)
+            return .notReady
+        }
+        switch result {
+        case .bad(let head, _):
+            q.addUsed(head: head, length: 0)
+            q.usedIndexDirty = true
+            return .noRoom
+        case .chain(let head, let length):
+            guard length >= total else {
+                q.rewind(1)
+                return .noRoom
+            }
+            var header = frame.header
+            header.numBuffers = 1
+            var writer = SegmentWriter(segments: rxSegments.storage, count: rxSegments.count)
+            writeHeader(header, length: hdrLen, into: &writer)
+            var source = frame.cursor
+            _ = writer.copy(from: &source, length: frame.length)
+            q.addUsed(head: head, length: UInt32(total))
+            return .delivered
+        }
+    }
+
+    /// With MRG_RXBUF: as many chains as the packet needs; num_buffers tells the guest how many.
+    @inline(__always)
+    private func deliverMergeable(_ frame: Frame, to q: SplitQueue, available: Int) -> DeliveryResult {
+        let hdrLen = headerLength
+        var source = frame.cursor
+        var remaining = frame.length
+        var buffers = 0
+        var numBuffersLow: UnsafeMutableRawPointer?
+        var numBuffersHigh: UnsafeMutableRawPointer?
+        var header = frame.header
+        header.numBuffers = 1
+        while buffers == 0 || remaining > 0 {
+            guard buffers < available, buffers < pendingCapacity else {
+                q.rewind(buffers)
+                return .noRoom
+            }
+            guard let result = q.nextChain(writable: true, into: &rxSegments) else {
+                reportBroken(q)
+                return .notReady
+            }
+            switch result {
+            case .bad(let head, _):
+                // Give back everything taken for this packet, unwritten, and drop it.
+                for k in 0..<buffers { q.addUsed(head: pending[k].head, length: 0) }
+                q.addUsed(head: head, length: 0)
+                q.usedIndexDirty = true
+                return .noRoom
+            case .chain(let head, let length):
+                var writer = SegmentWriter(segments: rxSegments.storage, count: rxSegments.count)
+                var written = 0
+                if buffers == 0 {
+                    guard length >= hdrLen else {
+                        q.addUsed(head: head, length: 0)
+                        q.usedIndexDirty = true
+                        return .noRoom
+                    }
+                    numBuffersLow = writer.address(ahead: 10)
+                    numBuffersHigh = writer.address(ahead: 11)
+                    writeHeader(header, length: hdrLen, into: &writer)
+                    written = hdrLen
+                }
+                let n = writer.copy(from: &source, length: remaining)
+                remaining &-= n
+                written &+= n
+                pending[buffers] = PendingUsed(head: head, length: UInt32(written))
+                buffers &+= 1
+            }
+        }
+        if buffers > 1 && hdrLen >= 12 {
+            numBuffersLow?.storeBytes(of: UInt8(truncatingIfNeeded: buffers), as: UInt8.self)
+            numBuffersHigh?.storeBytes(of: UInt8(truncatingIfNeeded: buffers >> 8), as: UInt8.self)
+        }
+        for k in 0..<buffers { q.addUsed(head: pending[k].head, length: pending[k].length) }
+        return .delivered
+    }
+
+    @inline(__always)
+    private func writeHeader(_ header: VirtioNetHeader, length: Int, into writer: inout SegmentWriter) {
+        let first = writer.segments[0]
+        if first.length >= length {
+            header.store(to: first.base, length: length)
+            _ = writer.skipWritable(length)
+        } else {
+            var raw: (UInt64, UInt64) = (0, 0)
+            withUnsafeMutableBytes(of: &raw) { buf in
+                header.store(to: buf.baseAddress!, length: length)
+                _ = writer.write(buf.baseAddress!, length: length)
+            }
+        }
+    }
+
+    public func flushDeliveries() {
+        var mask = dirtyRX
+        dirtyRX = 0
+        while mask != 0 {
+            let pair = mask.trailingZeroBitCount
+            mask &= mask &- 1
+            let q = queues[pair << 1]
+            guard q.isAttached else { continue }
+            q.publishUsed()
+            q.usedIndexDirty = false
+            notify(q)
+        }
+    }
+
+    // MARK: Sleeping and waking
+
+    public func wakeDescriptors() -> [CInt] {
+        readyTX.compactMap { kickDescriptors[$0.index] >= 0 ? kickDescriptors[$0.index] : nil }
+    }
+
+    public var needsPolling: Bool { polledTX }
+
+    public func prepareToSleep() -> Bool {
+        var pendingWork = false
+        for q in readyTX {
+            q.enableKicks()
+            if let n = q.availableCount(), n > 0 { pendingWork = true }
+        }
+        return pendingWork
+    }
+
+    public func finishSleeping() {
+        for q in readyTX { q.disableKicks() }
+    }
+}
+
+extension SegmentWriter {
+    /// Advances over `length` bytes already written in place.
+    @inline(__always)
+    mutating func skipWritable(_ length: Int) -> Int {
+        var done = 0
+        while done < length && index < count {
+            let n = Swift.min(segments[index].length &- offset, length &- done)
+            done &+= n
+            offset &+= n
+            if offset == segments[index].length { index &+= 1; offset = 0 }
+        }
+        return done
+    }
+}

@@ -1,0 +1,109 @@
+import CVhostShim
+import Glibc
+import SystemPackage
+
+/// A file descriptor with exactly one owner: it is closed when the owner lets go of it.
+/// Everything a front-end hands us (memory fds, kick/call/err eventfds) is wrapped in one of
+/// these the moment it is received, so no error path can leak it.
+public final class OwnedDescriptor: @unchecked Sendable {
+    public let rawValue: CInt
+
+    public init(adopting rawValue: CInt) {
+        self.rawValue = rawValue
+    }
+
+    public var descriptor: FileDescriptor { FileDescriptor(rawValue: rawValue) }
+
+    deinit {
+        _ = Glibc.close(rawValue)
+    }
+}
+
+/// Thin wrappers over the syscalls the back-end uses, in swift-system's style: typed `Errno`,
+/// EINTR retried where that is the only sensible answer.
+public enum Posix {
+    @inline(__always)
+    static func check(_ result: CInt) throws(Errno) -> CInt {
+        if result < 0 { throw Errno(rawValue: errno) }
+        return result
+    }
+
+    public static func setNonBlocking(_ fd: CInt) throws(Errno) {
+        let flags = try check(fcntl(fd, F_GETFL))
+        _ = try check(fcntl(fd, F_SETFL, flags | O_NONBLOCK))
+    }
+
+    /// `fstat` size of a descriptor (the bytes a mapping of it may touch without SIGBUS).
+    public static func fileSize(_ fd: CInt) throws(Errno) -> UInt64 {
+        var st = stat()
+        _ = try check(fstat(fd, &st))
+        return UInt64(max(0, st.st_size))
+    }
+
+    public static func fileType(_ fd: CInt) throws(Errno) -> mode_t {
+        var st = stat()
+        _ = try check(fstat(fd, &st))
+        return st.st_mode & S_IFMT
+    }
+
+    /// Blocks the given signals in the calling thread (and the threads it starts later).
+    public static func blockSignals(_ signals: [CInt]) {
+        signals.withUnsafeBufferPointer { _ = cvh_block_signals($0.baseAddress, CInt($0.count)) }
+    }
+
+    public static func setThreadName(_ name: String) {
+        _ = cvh_set_thread_name(String(name.prefix(15)))
+    }
+
+    public static func pinThread(toCPU cpu: Int) -> Bool {
+        cvh_pin_thread(CInt(cpu)) == 0
+    }
+}
+
+public enum EventFD {
+    /// A non-blocking, close-on-exec eventfd.
+    public static func make(initialValue: UInt32 = 0) throws(Errno) -> OwnedDescriptor {
+        OwnedDescriptor(adopting: try Posix.check(cvh_eventfd(initialValue, CVH_EFD_CLOEXEC | CVH_EFD_NONBLOCK)))
+    }
+
+    /// Adds one to the counter. A full counter (EAGAIN) already means "signalled".
+    @inline(__always)
+    public static func signal(_ fd: CInt) {
+        var one: UInt64 = 1
+        _ = withUnsafeBytes(of: &one) { Glibc.write(fd, $0.baseAddress, 8) }
+    }
+
+    /// Reads and clears the counter; returns 0 when it was not signalled (or is not an eventfd).
+    @discardableResult
+    public static func drain(_ fd: CInt) -> UInt64 {
+        var value: UInt64 = 0
+        let n = withUnsafeMutableBytes(of: &value) { Glibc.read(fd, $0.baseAddress, 8) }
+        return n == 8 ? value : 0
+    }
+}
+
+public enum MemFD {
+    public static func make(name: String, size: Int) throws(Errno) -> OwnedDescriptor {
+        let fd = OwnedDescriptor(adopting: try Posix.check(cvh_memfd_create(name, CVH_MFD_CLOEXEC)))
+        _ = try Posix.check(ftruncate(fd.rawValue, off_t(size)))
+        return fd
+    }
+}
+
+/// A shared mapping of a descriptor, unmapped when released.
+public final class MemoryMapping: @unchecked Sendable {
+    public let base: UnsafeMutableRawPointer
+    public let length: Int
+
+    public init(descriptor fd: CInt, length: Int, offset: off_t = 0, populate: Bool = false) throws(Errno) {
+        let flags = MAP_SHARED | (populate ? MAP_POPULATE : 0)
+        let p = mmap(nil, length, PROT_READ | PROT_WRITE, flags, fd, offset)
+        if p == MAP_FAILED || p == nil { throw Errno(rawValue: errno) }
+        self.base = p!
+        self.length = length
+    }
+
+    deinit {
+        munmap(base, length)
+    }
+}

@@ -1,0 +1,107 @@
+import CVhostShim
+import Glibc
+import SystemPackage
+
+/// AF_UNIX stream sockets as vhost-user uses them: listen/accept/connect, and messages that
+/// carry descriptors (SCM_RIGHTS).
+public enum UnixSocket {
+    public static func listen(path: String, backlog: CInt = 16, mode: mode_t? = nil) throws(Errno) -> OwnedDescriptor {
+        let fd = OwnedDescriptor(adopting: try Posix.check(socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0)))
+        var addr = sockaddr_un()
+        let len = cvh_sockaddr_un(&addr, path)
+        guard len > 0 else { throw Errno.fileNameTooLong }
+        // A stale socket file from an earlier run would make bind fail; only a socket is removed.
+        var st = stat()
+        if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
+        _ = try Posix.check(withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd.rawValue, $0, socklen_t(len)) }
+        })
+        if let mode { chmod(path, mode) }
+        _ = try Posix.check(Glibc.listen(fd.rawValue, backlog))
+        return fd
+    }
+
+    /// A non-blocking accepted connection, or nil when none is pending.
+    public static func accept(_ listener: CInt) throws(Errno) -> OwnedDescriptor? {
+        let fd = cvh_accept_nonblocking(listener)
+        if fd < 0 {
+            if errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED { return nil }
+            throw Errno(rawValue: errno)
+        }
+        return OwnedDescriptor(adopting: fd)
+    }
+
+    /// Connects (blocking connect on a local socket completes at once), then makes it non-blocking.
+    public static func connect(path: String, nonBlocking: Bool = true) throws(Errno) -> OwnedDescriptor {
+        let fd = OwnedDescriptor(adopting: try Posix.check(socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)))
+        var addr = sockaddr_un()
+        let len = cvh_sockaddr_un(&addr, path)
+        guard len > 0 else { throw Errno.fileNameTooLong }
+        var rc: CInt
+        repeat {
+            rc = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd.rawValue, $0, socklen_t(len)) }
+            }
+        } while rc < 0 && errno == EINTR
+        _ = try Posix.check(rc)
+        if nonBlocking { try Posix.setNonBlocking(fd.rawValue) }
+        return fd
+    }
+
+    public static func pair() throws(Errno) -> (OwnedDescriptor, OwnedDescriptor) {
+        var fds: [CInt] = [-1, -1]
+        _ = try Posix.check(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0, &fds))
+        return (OwnedDescriptor(adopting: fds[0]), OwnedDescriptor(adopting: fds[1]))
+    }
+
+    public struct Received {
+        public var byteCount: Int
+        public var descriptors: [OwnedDescriptor]
+        /// Descriptors beyond what we accept per read; already closed.
+        public var droppedDescriptors: Int
+        public var controlTruncated: Bool
+    }
+
+    /// One non-blocking recvmsg. Returns nil on EAGAIN; byteCount 0 means the peer closed.
+    public static func receive(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, maxDescriptors: Int = 8) throws(Errno) -> Received? {
+        var fds = [CInt](repeating: -1, count: 8)
+        var nfds: CInt = 0
+        var dropped: CInt = 0
+        var truncated: CInt = 0
+        let limit = CInt(min(maxDescriptors, 8))
+        let n = fds.withUnsafeMutableBufferPointer {
+            cvh_recv_with_fds(fd, buffer.baseAddress, buffer.count, $0.baseAddress, limit, &nfds, &dropped, &truncated)
+        }
+        if n < 0 {
+            if errno == EAGAIN || errno == EWOULDBLOCK { return nil }
+            throw Errno(rawValue: errno)
+        }
+        let owned = (0..<Int(nfds)).map { OwnedDescriptor(adopting: fds[$0]) }
+        return Received(byteCount: n, descriptors: owned, droppedDescriptors: Int(dropped), controlTruncated: truncated != 0)
+    }
+
+    /// Sends all of `bytes` (the first chunk carrying `descriptors`); local sockets rarely split.
+    public static func send(_ fd: CInt, _ bytes: UnsafeRawBufferPointer, descriptors: [CInt] = []) throws(Errno) {
+        var offset = 0
+        var first = true
+        var stalls = 0
+        while offset < bytes.count {
+            let n = descriptors.withUnsafeBufferPointer { fdsBuf in
+                cvh_send_with_fds(fd, bytes.baseAddress! + offset, bytes.count - offset,
+                                  first ? fdsBuf.baseAddress : nil, first ? CInt(fdsBuf.count) : 0)
+            }
+            if n < 0 {
+                // A peer that stops reading must not stall the control thread: wait briefly, then give up.
+                if (errno == EAGAIN || errno == EWOULDBLOCK) && stalls < 3 {
+                    stalls += 1
+                    var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                    _ = poll(&pfd, 1, 100)
+                    continue
+                }
+                throw Errno(rawValue: errno)
+            }
+            first = false
+            offset += n
+        }
+    }
+}

@@ -1,0 +1,147 @@
+import Glibc
+import SystemPackage
+import VhostSystem
+
+/// One region of guest memory as the front-end describes it.
+public struct GuestRegionSpec: Sendable, Equatable {
+    public var guestPhysicalAddress: UInt64
+    public var size: UInt64
+    public var userAddress: UInt64
+    public var mmapOffset: UInt64
+    public init(guestPhysicalAddress: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64) {
+        self.guestPhysicalAddress = guestPhysicalAddress
+        self.size = size
+        self.userAddress = userAddress
+        self.mmapOffset = mmapOffset
+    }
+}
+
+public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
+    case noRegions
+    case tooManyRegions(Int)
+    case descriptorCountMismatch(regions: Int, descriptors: Int)
+    case emptyRegion(Int)
+    case addressOverflow(Int)
+    case overlapping(Int, Int)
+    case beyondFileEnd(region: Int, needed: UInt64, fileSize: UInt64)
+    case notMappable(region: Int, errno: Int32)
+
+    public var description: String {
+        switch self {
+        case .noRegions: "no memory regions"
+        case .tooManyRegions(let n): "\(n) memory regions (at most \(GuestMemory.maxRegions))"
+        case .descriptorCountMismatch(let r, let d): "\(r) regions but \(d) file descriptors"
+        case .emptyRegion(let i): "region \(i) has size 0"
+        case .addressOverflow(let i): "region \(i): address + size overflows 64 bits"
+        case .overlapping(let a, let b): "regions \(a) and \(b) overlap"
+        case .beyondFileEnd(let i, let needed, let size): "region \(i): needs \(needed) bytes of its file, which has \(size)"
+        case .notMappable(let i, let e): "region \(i): mmap failed (errno \(e))"
+        }
+    }
+}
+
+/// A region after mapping. Addresses are half-open [start, start + size).
+public struct MappedRegion: @unchecked Sendable {
+    public let guestPhysicalAddress: UInt64
+    public let userAddress: UInt64
+    public let size: UInt64
+    public let host: UnsafeMutableRawPointer
+}
+
+/// The guest's memory as mapped into this process. Immutable once built; the mappings go away
+/// when the last holder (device or ring) releases it, so a ring never sees a half-swapped table.
+public final class GuestMemory: @unchecked Sendable {
+    public static let maxRegions = 8
+
+    public let regions: UnsafeMutableBufferPointer<MappedRegion>
+    private let mappings: [MemoryMapping]
+
+    /// Validates every region (sizes, overflow, overlap, file size) before mapping any.
+    public init(specs: [GuestRegionSpec], descriptors: [OwnedDescriptor]) throws(GuestMemoryError) {
+        guard !specs.isEmpty else { throw .noRegions }
+        guard specs.count <= GuestMemory.maxRegions else { throw .tooManyRegions(specs.count) }
+        guard specs.count == descriptors.count else {
+            throw .descriptorCountMismatch(regions: specs.count, descriptors: descriptors.count)
+        }
+        for (i, s) in specs.enumerated() {
+            guard s.size > 0 else { throw .emptyRegion(i) }
+            let (_, o1) = s.guestPhysicalAddress.addingReportingOverflow(s.size)
+            let (_, o2) = s.userAddress.addingReportingOverflow(s.size)
+            let (end, o3) = s.mmapOffset.addingReportingOverflow(s.size)
+            guard !o1, !o2, !o3, end <= UInt64(Int.max) else { throw .addressOverflow(i) }
+            let fileSize = (try? Posix.fileSize(descriptors[i].rawValue)) ?? 0
+            // Touching a shared mapping past its file's end raises SIGBUS: refuse up front.
+            guard end <= fileSize else { throw .beyondFileEnd(region: i, needed: end, fileSize: fileSize) }
+            for j in 0..<i {
+                let t = specs[j]
+                if s.guestPhysicalAddress < t.guestPhysicalAddress + t.size && t.guestPhysicalAddress < s.guestPhysicalAddress + s.size {
+                    throw .overlapping(j, i)
+                }
+                if s.userAddress < t.userAddress + t.size && t.userAddress < s.userAddress + s.size {
+                    throw .overlapping(j, i)
+                }
+            }
+        }
+        var maps: [MemoryMapping] = []
+        let table = UnsafeMutableBufferPointer<MappedRegion>.allocate(capacity: specs.count)
+        for (i, s) in specs.enumerated() {
+            let length = Int(s.mmapOffset + s.size)
+            do {
+                let m = try MemoryMapping(descriptor: descriptors[i].rawValue, length: length)
+                maps.append(m)
+                (table.baseAddress! + i).initialize(to: MappedRegion(
+                    guestPhysicalAddress: s.guestPhysicalAddress, userAddress: s.userAddress,
+                    size: s.size, host: m.base + Int(s.mmapOffset)))
+            } catch {
+                table.deallocate()
+                throw .notMappable(region: i, errno: error.rawValue)
+            }
+        }
+        regions = table
+        mappings = maps
+    }
+
+    deinit {
+        regions.deallocate()
+    }
+
+    public var totalSize: UInt64 { regions.reduce(0) { $0 + $1.size } }
+
+    /// Host address of [gpa, gpa + length) when it lies inside one region; nil otherwise.
+    @inline(__always)
+    public func translate(guestPhysical gpa: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
+        for i in 0..<regions.count {
+            let r = regions[i]
+            let off = gpa &- r.guestPhysicalAddress
+            if gpa >= r.guestPhysicalAddress && off < r.size && length <= r.size &- off {
+                return r.host + Int(truncatingIfNeeded: off)
+            }
+        }
+        return nil
+    }
+
+    /// Host address of a front-end (QEMU) virtual address range inside one region (ring addresses).
+    public func translate(userAddress uva: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
+        for r in regions {
+            let off = uva &- r.userAddress
+            if uva >= r.userAddress && off < r.size && length <= r.size &- off {
+                return r.host + Int(truncatingIfNeeded: off)
+            }
+        }
+        return nil
+    }
+
+    /// The longest prefix of [gpa, gpa + length) inside one region: (host, bytes), or nil.
+    /// Used to split a buffer that spans two regions.
+    @inline(__always)
+    public func translatePrefix(guestPhysical gpa: UInt64, length: UInt64) -> (UnsafeMutableRawPointer, UInt64)? {
+        for i in 0..<regions.count {
+            let r = regions[i]
+            let off = gpa &- r.guestPhysicalAddress
+            if gpa >= r.guestPhysicalAddress && off < r.size {
+                return (r.host + Int(truncatingIfNeeded: off), min(length, r.size &- off))
+            }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,157 @@
+import ArgumentParser
+import Foundation
+import Logging
+import VhostNetmapBackend
+import VhostSystem
+
+@main
+struct VhostNetmapCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vhost-netmap",
+        abstract: "A vhost-user virtio-net back-end that plugs VMs into netmap/VALE switches.",
+        subcommands: [Serve.self, Stats.self, QemuArgs.self],
+        defaultSubcommand: Serve.self
+    )
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve vhost-user devices on the embedded VALE switch (the default command).",
+        discussion: """
+        Each --port attaches one vhost-user device to a switch port:
+          --port vale0:vm1=/run/vhost-netmap/vm1.sock              listen (QEMU connects, reconnect-ms=...)
+          --port vale0:vm2=/run/vhost-netmap/vm2.sock,client       connect, and reconnect (QEMU server=on)
+          options after the path: queues=N (1-16 pairs), mode=0660 (socket permissions)
+        The vhost-user back-end conventions are also accepted: --socket-path PATH or --fd N
+        (one device, on the port given by --switch-port), and --print-capabilities.
+        """
+    )
+
+    @Option(name: .customLong("port"), help: "SWITCH:PORT=SOCKET[,client][,queues=N][,mode=0660] (repeatable)")
+    var ports: [String] = []
+
+    @Option(name: .customLong("socket-path"), help: "vhost-user socket to listen on (back-end convention).")
+    var socketPath: String?
+
+    @Option(name: .customLong("fd"), help: "An already-connected vhost-user socket (back-end convention).")
+    var fd: Int32?
+
+    @Option(name: .customLong("switch-port"), help: "The switch port for --socket-path/--fd.")
+    var switchPort: String = "vale0:0"
+
+    @Option(name: .customLong("queues"), help: "Queue pairs for --socket-path/--fd.")
+    var queues: Int = 1
+
+    @Flag(name: .customLong("print-capabilities"), help: "Print the back-end capabilities as JSON and exit.")
+    var printCapabilities = false
+
+    @Option(name: .customLong("control"), help: "Control socket for 'vhost-netmap stats' (empty to disable).")
+    var control: String = "/run/vhost-netmap/control.sock"
+
+    @Flag(name: .customLong("busy-poll"), help: "Switch workers poll without sleeping (benchmarks).")
+    var busyPoll = false
+
+    @Option(name: .customLong("worker-cpu"), help: "Pin the switch workers to these CPUs, in order of the switches (repeatable).")
+    var workerCPUs: [Int] = []
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical")
+    var logLevel: Logger.Level = .info
+
+    func validate() throws {
+        if socketPath != nil && fd != nil { throw ValidationError("--socket-path and --fd are mutually exclusive") }
+        if !printCapabilities && ports.isEmpty && socketPath == nil && fd == nil {
+            throw ValidationError("give at least one --port (or --socket-path / --fd)")
+        }
+        if !(1...PortSpec.maxQueuePairs).contains(queues) { throw ValidationError("--queues must be 1...\(PortSpec.maxQueuePairs)") }
+    }
+
+    func run() throws {
+        if printCapabilities {
+            print(#"{"type": "net", "features": []}"#)
+            return
+        }
+        let level = logLevel
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "vhost-netmap")
+        var specs: [PortSpec] = []
+        do {
+            for p in ports { specs.append(try PortSpec.parse(p)) }
+            if socketPath != nil || fd != nil {
+                let (sw, port) = try PortSpec.parseName(switchPort)
+                specs.append(PortSpec(switchName: sw, portName: port, socketPath: socketPath, inheritedDescriptor: fd, queuePairs: queues))
+            }
+        } catch {
+            throw ValidationError(error.description)
+        }
+        var options = DaemonOptions(ports: specs, controlSocket: control.isEmpty ? nil : control)
+        options.busyPoll = busyPoll
+        options.workerCPUs = workerCPUs
+        let daemon: Daemon
+        do {
+            daemon = try Daemon(options: options, logger: logger)
+        } catch {
+            logger.critical("start-up failed: \(error)")
+            throw ExitCode(1)
+        }
+        let code = daemon.run()
+        if code != 0 { throw ExitCode(code) }
+    }
+}
+
+struct Stats: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the running daemon's per-port counters (JSON).")
+
+    @Option(name: .customLong("control"), help: "The daemon's control socket.")
+    var control: String = "/run/vhost-netmap/control.sock"
+
+    func run() throws {
+        let socket: OwnedDescriptor
+        do {
+            socket = try UnixSocket.connect(path: control, nonBlocking: false)
+        } catch {
+            throw ValidationError("cannot reach the daemon at \(control): \(error)")
+        }
+        let request = Array("stats\n".utf8)
+        try request.withUnsafeBytes { try UnixSocket.send(socket.rawValue, $0) }
+        var output = [UInt8]()
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(socket.rawValue, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            output += chunk[0..<n]
+        }
+        FileHandle.standardOutput.write(Data(output))
+    }
+}
+
+struct QemuArgs: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "qemu-args",
+        abstract: "Print the QEMU options that connect a VM to a port's vhost-user socket.")
+
+    @Option(help: "The port's socket path.") var socket: String
+    @Option(help: "Guest memory size, as for -m (e.g. 256M, 1G).") var memory: String = "256M"
+    @Option(help: "Queue pairs.") var queues: Int = 1
+    @Option(help: "Guest MAC address.") var mac: String = "52:54:00:00:00:01"
+    @Option(help: "QEMU netdev id.") var id: String = "net0"
+    @Flag(help: "Use INTx (vectors=0): Debian's QEMU 7.2 crashes under TCG with vhost-user and MSI-X.")
+    var noMsix = false
+
+    func run() throws {
+        let vectors = noMsix ? 0 : 2 * queues + 2
+        var device = "virtio-net-pci,netdev=\(id),mac=\(mac),vectors=\(vectors)"
+        if queues > 1 { device += ",mq=on" }
+        print("""
+        -object memory-backend-memfd,id=mem-\(id),size=\(memory),share=on -numa node,memdev=mem-\(id) \
+        -chardev socket,id=chr-\(id),path=\(socket),reconnect=1 \
+        -netdev vhost-user,id=\(id),chardev=chr-\(id),queues=\(queues) \
+        -device \(device)
+        """)
+    }
+}
