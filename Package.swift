@@ -29,8 +29,14 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .target(name: "URing", dependencies: ["CURing"]),
-        .target(name: "VhostUser", dependencies: ["VhostSystem"]),
-        .target(name: "Virtio", dependencies: ["VhostSystem"]),
+        .target(name: "VhostUser", dependencies: [
+            "VhostSystem",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        .target(name: "Virtio", dependencies: [
+            "VhostSystem",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         .target(name: "VALESwitch", dependencies: ["Virtio"]),
         .target(name: "VhostNetmapBackend", dependencies: [
             "VhostUser", "Virtio", "VALESwitch", "URing", "VhostSystem",

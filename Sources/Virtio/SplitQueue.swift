@@ -133,15 +133,15 @@ public final class SplitQueue: @unchecked Sendable {
         brokenReason = reason
     }
 
-    @inline(__always) static func load16(_ p: UnsafeMutableRawPointer) -> UInt16 {
+    @inline(__always) public static func load16(_ p: UnsafeMutableRawPointer) -> UInt16 {
         UInt16(littleEndian: p.load(as: UInt16.self))
     }
 
-    @inline(__always) static func loadAcquire16(_ p: UnsafeMutableRawPointer) -> UInt16 {
+    @inline(__always) public static func loadAcquire16(_ p: UnsafeMutableRawPointer) -> UInt16 {
         UInt16(littleEndian: p.assumingMemoryBound(to: Atomic<UInt16>.self).pointee.load(ordering: .acquiring))
     }
 
-    @inline(__always) static func storeRelease16(_ p: UnsafeMutableRawPointer, _ v: UInt16) {
+    @inline(__always) public static func storeRelease16(_ p: UnsafeMutableRawPointer, _ v: UInt16) {
         UnsafePointer(p.assumingMemoryBound(to: Atomic<UInt16>.self)).pointee.store(v.littleEndian, ordering: .releasing)
     }
 
@@ -195,10 +195,11 @@ public final class SplitQueue: @unchecked Sendable {
         while true {
             let d = table + 16 * index
             // Each field is read once: the guest may rewrite the descriptor while we look at it.
-            let addr = UInt64(littleEndian: d.load(as: UInt64.self))
-            let len = UInt32(littleEndian: d.load(fromByteOffset: 8, as: UInt32.self))
-            let flags = UInt16(littleEndian: d.load(fromByteOffset: 12, as: UInt16.self))
-            let next = UInt16(littleEndian: d.load(fromByteOffset: 14, as: UInt16.self))
+            // Unaligned loads: an indirect table may sit at any guest address.
+            let addr = UInt64(littleEndian: d.loadUnaligned(as: UInt64.self))
+            let len = UInt32(littleEndian: d.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+            let flags = UInt16(littleEndian: d.loadUnaligned(fromByteOffset: 12, as: UInt16.self))
+            let next = UInt16(littleEndian: d.loadUnaligned(fromByteOffset: 14, as: UInt16.self))
             visited &+= 1
 
             if flags & 4 != 0 { // VIRTQ_DESC_F_INDIRECT
