@@ -7,6 +7,13 @@ public struct VhostUserMessage {
     public var payload: [UInt8]
     public var descriptors: [OwnedDescriptor]
 
+    public init(header: MessageHeader, request: VhostUserRequest, payload: [UInt8], descriptors: [OwnedDescriptor]) {
+        self.header = header
+        self.request = request
+        self.payload = payload
+        self.descriptors = descriptors
+    }
+
     public func withPayload<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         try payload.withUnsafeBytes(body)
     }

@@ -1,0 +1,244 @@
+import Glibc
+import Testing
+import VALESwitch
+@testable import VhostNetmapBackend
+import VhostSystem
+import VhostUser
+import Virtio
+
+@Suite struct DeviceDatapath {
+    @Test(arguments: [
+        (VhostNetDevice.offeredFeatures, 256),
+        (VhostNetDevice.offeredFeatures.subtracting(.netMergeableRxBuffers), 256),
+        (VhostNetDevice.offeredFeatures.subtracting([.eventIndex, .indirectDescriptors]), 1024),
+        (VirtioFeatures([.protocolFeatures]), 64), // legacy 10-byte header, no offloads
+    ])
+    func unicastAfterLearningArrivesIntact(features: VirtioFeatures, queueSize: Int) throws {
+        let vale = VALESwitch(name: "vale0")
+        let a = try TestGuest("a", on: vale, mac: 1)
+        let b = try TestGuest("b", on: vale, mac: 2)
+        try a.start(features: features, queueSize: queueSize)
+        try b.start(features: features, queueSize: queueSize)
+        a.postReceiveBuffers(8)
+        b.postReceiveBuffers(min(64, queueSize))
+        // b speaks first so the switch learns it; a receives that flood.
+        b.send(ethernet(to: a.mac, from: b.mac, payload: 50))
+        pump(vale)
+        #expect(a.receive().count == 1)
+        var sent: [[UInt8]] = []
+        var got: [TestGuest.Received] = []
+        for k in 0..<150 {
+            let f = ethernet(to: b.mac, from: a.mac, payload: 46 + k * 9, seed: UInt8(k & 0xff))
+            sent.append(f)
+            a.send(f, split: k % 3 == 1, indirect: k % 3 == 2 && features.contains(.indirectDescriptors))
+            if k % 20 == 19 {
+                pump(vale)
+                got += b.receive()
+                b.postReceiveBuffers(20)
+            }
+        }
+        pump(vale)
+        got += b.receive()
+        #expect(got.count == 150)
+        let intact = got.map(\.frame) == sent
+        #expect(intact)
+        #expect(vale.counters[a.device.portIndex].inPackets == 151 - 1 + 0)
+        #expect(vale.counters[b.device.portIndex].outPackets == 150)
+        #expect(vale.counters[b.device.portIndex].outBytes == UInt64(sent.reduce(0) { $0 + $1.count }))
+        // Transmit chains all came back.
+        _ = a.tx[0].reapUsed()
+        #expect(a.tx[0].freeCount == queueSize)
+    }
+
+    @Test func mergeableSpreadsLargeFramesOverSeveralBuffers() throws {
+        let vale = VALESwitch(name: "vale0")
+        let a = try TestGuest("a", on: vale, mac: 1)
+        let b = try TestGuest("b", on: vale, mac: 2)
+        try a.start()
+        try b.start()
+        b.postReceiveBuffers(64, size: 512)
+        let big = ethernet(to: b.mac, from: a.mac, payload: 9000)
+        a.send(big)
+        pump(vale)
+        let got = b.receive()
+        #expect(got.count == 1)
+        let intact = got.first?.frame == big
+        #expect(intact)
+        #expect(got.first?.buffers == (12 + big.count + 511) / 512)
+    }
+
+    @Test func withoutMergeableATooSmallBufferIsNoRoom() throws {
+        let vale = VALESwitch(name: "vale0")
+        let f = VhostNetDevice.offeredFeatures.subtracting(.netMergeableRxBuffers)
+        let a = try TestGuest("a", on: vale, mac: 1)
+        let b = try TestGuest("b", on: vale, mac: 2)
+        try a.start(features: f)
+        try b.start(features: f)
+        b.postReceiveBuffers(4, size: 256)
+        a.send(ethernet(to: b.mac, from: a.mac, payload: 1000))
+        a.send(ethernet(to: b.mac, from: a.mac, payload: 100))
+        pump(vale)
+        #expect(vale.counters[b.device.portIndex].dropNoRoom == 1)
+        #expect(b.receive().count == 1) // the small one; the buffer was not consumed by the big one
+    }
+
+    @Test func fullRingDropsAndCountsAndCallsFollowEventIndex() throws {
+        let vale = VALESwitch(name: "vale0")
+        let a = try TestGuest("a", on: vale, mac: 1)
+        let b = try TestGuest("b", on: vale, mac: 2)
+        try a.start()
+        try b.start()
+        b.postReceiveBuffers(10)
+        b.rx[0].setUsedEvent(0)
+        for _ in 0..<25 { a.send(ethernet(to: [0xff, 0xff, 0xff, 0xff, 0xff, 0xff], from: a.mac, payload: 50)) }
+        pump(vale)
+        #expect(b.receive().count == 10)
+        #expect(vale.counters[b.device.portIndex].dropNoRoom == 15)
+        // b's RX call eventfd fired; a's TX call fired as its chains were completed.
+        #expect(EventFD.drain(b.calls[0].rawValue) >= 1)
+        #expect(EventFD.drain(a.calls[1].rawValue) >= 1)
+    }
+
+    @Test func offloadHeaderPassesThroughUnchanged() throws {
+        let vale = VALESwitch(name: "vale0")
+        let a = try TestGuest("a", on: vale, mac: 1)
+        let b = try TestGuest("b", on: vale, mac: 2)
+        try a.start()
+        try b.start()
+        b.postReceiveBuffers(8, size: 4096)
+        var h = VirtioNetHeader()
+        h.flags = VirtioNetHeader.needsChecksum
+        h.gsoType = VirtioNetHeader.gsoTCPv4
+        h.headerLength = 54
+        h.gsoSize = 1448
+        h.checksumStart = 34
+        h.checksumOffset = 16
+        a.send(ethernet(to: b.mac, from: a.mac, payload: 3000), header: h)
+        pump(vale)
+        let got = b.receive()
+        #expect(got.count == 1)
+        var expected = h
+        expected.numBuffers = 1
+        #expect(got.first?.header == expected)
+    }
+
+    @Test func offloadToAGuestWithoutItIsDropped() throws {
+        let vale = VALESwitch(name: "vale0")
+        let a = try TestGuest("a", on: vale, mac: 1)
+        let b = try TestGuest("b", on: vale, mac: 2)
+        try a.start()
+        try b.start(features: VhostNetDevice.offeredFeatures.subtracting([.netGuestCSUM, .netGuestTSO4, .netGuestTSO6, .netGuestUFO, .netGuestECN]))
+        b.postReceiveBuffers(8, size: 4096)
+        var h = VirtioNetHeader()
+        h.flags = VirtioNetHeader.needsChecksum
+        a.send(ethernet(to: b.mac, from: a.mac, payload: 100), header: h)
+        a.send(ethernet(to: b.mac, from: a.mac, payload: 100))
+        pump(vale)
+        #expect(vale.counters[b.device.portIndex].dropOffload == 1)
+        #expect(b.receive().count == 1)
+    }
+
+    @Test func multiqueueDeliversOnTheSourceQueuePair() throws {
+        let vale = VALESwitch(name: "vale0")
+        let a = try TestGuest("a", on: vale, mac: 1, queuePairs: 2)
+        let b = try TestGuest("b", on: vale, mac: 2, queuePairs: 2)
+        try a.start(pairs: 2)
+        try b.start(pairs: 2)
+        b.postReceiveBuffers(32, pair: 0)
+        b.postReceiveBuffers(32, pair: 1)
+        for _ in 0..<5 { a.send(ethernet(to: [0xff, 0xff, 0xff, 0xff, 0xff, 0xff], from: a.mac, payload: 50), pair: 0) }
+        for _ in 0..<7 { a.send(ethernet(to: [0xff, 0xff, 0xff, 0xff, 0xff, 0xff], from: a.mac, payload: 50), pair: 1) }
+        pump(vale)
+        #expect(b.receive(pair: 0).count == 5)
+        #expect(b.receive(pair: 1).count == 7)
+        guard case .reply(let n) = try b.handle(message(.getQueueNum)) else { Issue.record("no reply"); return }
+        #expect(n.withUnsafeBytes { $0.u64 } == 2)
+    }
+
+    @Test func disabledRingDoesNotReceiveAndStoppedRingReportsBase() throws {
+        let vale = VALESwitch(name: "vale0")
+        let a = try TestGuest("a", on: vale, mac: 1)
+        let b = try TestGuest("b", on: vale, mac: 2)
+        try a.start()
+        try b.start()
+        b.postReceiveBuffers(8)
+        try b.handle(message(.setVringEnable, VringState(index: 0, num: 0).encoded()))
+        a.send(ethernet(to: b.mac, from: a.mac, payload: 50))
+        pump(vale)
+        #expect(b.receive().isEmpty)
+        #expect(vale.counters[b.device.portIndex].dropNotReady == 1)
+        try b.handle(message(.setVringEnable, VringState(index: 0, num: 1).encoded()))
+        a.send(ethernet(to: b.mac, from: a.mac, payload: 50))
+        a.send(ethernet(to: b.mac, from: a.mac, payload: 50))
+        pump(vale)
+        #expect(b.receive().count == 2)
+        // GET_VRING_BASE stops the ring and returns how far the device got.
+        guard case .reply(let bytes) = try a.handle(message(.getVringBase, VringState(index: 1, num: 0).encoded())) else {
+            Issue.record("no reply"); return
+        }
+        #expect(bytes.withUnsafeBytes { VringState($0) } == VringState(index: 1, num: 3))
+        a.send(ethernet(to: b.mac, from: a.mac, payload: 50))
+        pump(vale)
+        #expect(b.receive().isEmpty) // stopped: nothing more is taken from a's TX ring
+        #expect(a.tx[0].deviceUsedIndex == 3)
+    }
+
+    @Test func withoutProtocolFeaturesAllRingsAreEnabled() throws {
+        let vale = VALESwitch(name: "vale0")
+        let a = try TestGuest("a", on: vale, mac: 1)
+        let b = try TestGuest("b", on: vale, mac: 2)
+        try a.start()
+        // b: a legacy front-end (no PROTOCOL_FEATURES, so no SET_VRING_ENABLE).
+        try b.handle(message(.setOwner))
+        try b.handle(message(.setFeatures, u64(VirtioFeatures([.version1, .netMergeableRxBuffers]).rawValue)))
+        b.features = [.version1, .netMergeableRxBuffers]
+        try b.handle(message(.setMemTable, MemoryTable(regions: [b.region]).encoded(), fds: [b.memory.descriptor]))
+        let r = DriverQueue(size: 64, memory: b.memory)
+        b.rx = [r]
+        let k = try EventFD.make()
+        let a2 = r.addresses
+        try b.handle(message(.setVringNum, VringState(index: 0, num: 64).encoded()))
+        try b.handle(message(.setVringAddr, VringAddress(index: 0, flags: 0, descriptorTable: a2.descriptorTable, usedRing: a2.usedRing, availRing: a2.availRing, log: 0).encoded()))
+        try b.handle(message(.setVringKick, u64(0), fds: [k]))
+        #expect(throws: ProtocolError.self) { try b.handle(message(.setVringEnable, VringState(index: 0, num: 1).encoded())) }
+        b.postReceiveBuffers(4)
+        a.send(ethernet(to: b.mac, from: a.mac, payload: 50))
+        pump(vale)
+        #expect(b.receive().count == 1)
+    }
+
+    @Test func rarpAnnouncementIsFlooded() throws {
+        let vale = VALESwitch(name: "vale0")
+        let a = try TestGuest("a", on: vale, mac: 1)
+        let b = try TestGuest("b", on: vale, mac: 2)
+        try a.start()
+        try b.start()
+        b.postReceiveBuffers(4)
+        try a.handle(message(.sendRARP, a.mac + [0, 0]))
+        pump(vale)
+        let got = b.receive()
+        #expect(got.count == 1)
+        #expect(got.first?.frame.count == 60)
+        #expect(Array(got.first!.frame[0..<14]) == [0xff, 0xff, 0xff, 0xff, 0xff, 0xff] + a.mac + [0x80, 0x35])
+        #expect(vale.learning.lookup(0x0100_0000_5452) == a.device.portIndex)
+    }
+
+    @Test func resetStopsEverythingAndForgetsAddresses() throws {
+        let vale = VALESwitch(name: "vale0")
+        let a = try TestGuest("a", on: vale, mac: 1)
+        let b = try TestGuest("b", on: vale, mac: 2)
+        try a.start()
+        try b.start()
+        b.postReceiveBuffers(4)
+        a.send(ethernet(to: b.mac, from: a.mac, payload: 50))
+        pump(vale)
+        #expect(vale.learning.entryCount == 1)
+        b.device.reset(reason: "test")
+        #expect(vale.learning.entryCount == 1) // a's address stays; b had learned nothing
+        a.device.reset(reason: "test")
+        #expect(vale.learning.entryCount == 0)
+        a.send(ethernet(to: b.mac, from: a.mac, payload: 50))
+        pump(vale)
+        #expect(vale.counters[a.device.portIndex].inPackets == 1)
+    }
+}
