@@ -53,6 +53,7 @@ public final class Daemon: @unchecked Sendable {
     private var signalDescriptor: OwnedDescriptor?
     private var createdSocketPaths: [String] = []
     private var exitCode: Int32 = 0
+    private let stopRequest: OwnedDescriptor
 
     public init(options: DaemonOptions, logger: Logger) throws {
         self.options = options
@@ -60,6 +61,7 @@ public final class Daemon: @unchecked Sendable {
         // Signals go to the signalfd, in every thread (workers inherit this mask).
         Posix.blockSignals([SIGTERM, SIGINT, SIGUSR1, SIGHUP])
         signal(SIGPIPE, SIG_IGN)
+        stopRequest = try EventFD.make()
         do {
             loop = try EventLoop()
         } catch {
@@ -128,6 +130,11 @@ public final class Daemon: @unchecked Sendable {
     public func run() -> Int32 {
         for s in switches { s.worker.start() }
         watchSignals()
+        loop.watchReadable(stopRequest.rawValue) { [unowned self] _ in
+            logger.notice("stop requested")
+            loop.stop()
+            return .stop
+        }
         if let l = controlListener {
             loop.watchReadable(l.rawValue) { [unowned self] _ in acceptControl(l.rawValue); return .keepWatching }
         }
@@ -173,6 +180,11 @@ public final class Daemon: @unchecked Sendable {
             }
             return .keepWatching
         }
+    }
+
+    /// Asks the running daemon to stop, from any thread (as SIGTERM does).
+    public func requestStop() {
+        EventFD.signal(stopRequest.rawValue)
     }
 
     // MARK: Front-end connections

@@ -1,0 +1,258 @@
+import Glibc
+import Testing
+import VALESwitch
+@testable import VhostNetmapBackend
+import VhostSystem
+import VhostUser
+import Virtio
+
+/// Messages a broken or hostile front-end might send, one device at a time. Each must be
+/// refused with a ProtocolError, and the device beside it on the switch keeps working.
+@Suite struct HostileMessages {
+    let vale = VALESwitch(name: "vale0")
+    let victim: TestGuest
+    let bystanderA: TestGuest
+    let bystanderB: TestGuest
+
+    init() throws {
+        victim = try TestGuest("v", on: vale, mac: 9)
+        bystanderA = try TestGuest("a", on: vale, mac: 1)
+        bystanderB = try TestGuest("b", on: vale, mac: 2)
+        try bystanderA.start()
+        try bystanderB.start()
+    }
+
+    /// The other two ports still exchange traffic, byte for byte.
+    func bystandersStillWork(_ tag: UInt8 = 0) {
+        bystanderB.postReceiveBuffers(4)
+        let f = ethernet(to: bystanderB.mac, from: bystanderA.mac, payload: 80, seed: tag)
+        bystanderA.send(f)
+        pump(vale)
+        let got = bystanderB.receive()
+        #expect(got.count == 1)
+        #expect(got.first?.frame == f)
+    }
+
+    func refused(_ m: VhostUserMessage, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(throws: ProtocolError.self, sourceLocation: sourceLocation) { try victim.handle(m) }
+    }
+
+    @Test func outOfOrderMessagesAreRefused() throws {
+        let q = DriverQueue(size: 64, memory: victim.memory)
+        let a = q.addresses
+        let addr = VringAddress(index: 0, flags: 0, descriptorTable: a.descriptorTable, usedRing: a.usedRing, availRing: a.availRing, log: 0)
+        // Ring address before any memory table.
+        try victim.handle(message(.setVringNum, VringState(index: 0, num: 64).encoded()))
+        refused(message(.setVringAddr, addr.encoded()))
+        // Kick before the ring is set up.
+        refused(message(.setVringKick, u64(0), fds: [try EventFD.make()]))
+        // Enable without PROTOCOL_FEATURES.
+        refused(message(.setVringEnable, VringState(index: 0, num: 1).encoded()))
+        // RARP / MTU without their protocol features.
+        refused(message(.sendRARP, u64(1)))
+        refused(message(.netSetMTU, u64(1500)))
+        // Address before the ring size.
+        try victim.handle(message(.setMemTable, MemoryTable(regions: [victim.region]).encoded(), fds: [victim.memory.descriptor]))
+        var addr1 = addr
+        addr1.index = 1
+        refused(message(.setVringAddr, addr1.encoded()))
+        bystandersStillWork()
+    }
+
+    @Test func badIndicesSizesAndFlagsAreRefused() throws {
+        try victim.start()
+        refused(message(.setVringNum, VringState(index: 2, num: 64).encoded()))
+        refused(message(.setVringNum, VringState(index: .max, num: 64).encoded()))
+        refused(message(.setVringCall, u64(7), fds: [try EventFD.make()]))
+        refused(message(.getVringBase, VringState(index: 255, num: 0).encoded()))
+        refused(message(.setVringEnable, VringState(index: 0, num: 2).encoded()))
+        // Running rings cannot be resized or rebased.
+        refused(message(.setVringNum, VringState(index: 0, num: 128).encoded()))
+        refused(message(.setVringBase, VringState(index: 1, num: 5).encoded()))
+        // Features not offered; protocol features not offered.
+        refused(message(.setFeatures, u64(1 << 63)))
+        refused(message(.setProtocolFeatures, u64(1 << 20)))
+        refused(message(.netSetMTU, u64(40)))
+        refused(message(.netSetMTU, u64(1 << 20)))
+        // Unimplemented requests.
+        refused(message(.setLogBase, [UInt8](repeating: 0, count: 16)))
+        refused(message(.getConfig, [UInt8](repeating: 0, count: 12)))
+        refused(message(.iotlbMessage, [UInt8](repeating: 0, count: 64)))
+        bystandersStillWork()
+    }
+
+    @Test func ringLayoutsOutsideMemoryAreRefused() throws {
+        try victim.start()
+        try victim.handle(message(.getVringBase, VringState(index: 0, num: 0).encoded()))
+        try victim.handle(message(.setVringNum, VringState(index: 0, num: 256).encoded()))
+        let base = victim.memory.userAddress(0)
+        let end = base + UInt64(victim.memory.size)
+        for (d, av, u) in [(end - 16, base, base), (base, end, base), (base, base, end - 8), (0, base, base),
+                           (UInt64.max - 15, base, base), (base + 8, base, base), (base, base + 1, base), (base, base, base + 2)] {
+            refused(message(.setVringAddr, VringAddress(index: 0, flags: 0, descriptorTable: d, usedRing: u, availRing: av, log: 0).encoded()))
+        }
+        refused(message(.setVringAddr, VringAddress(index: 0, flags: 6, descriptorTable: base, usedRing: base + 8192, availRing: base + 4096, log: 0).encoded()))
+        bystandersStillWork()
+    }
+
+    @Test func badMemoryTablesAreRefusedAndTheOldOneStays() throws {
+        try victim.start()
+        victim.postReceiveBuffers(4)
+        let small = try MemFD.make(name: "small", size: 4096)
+        let r = victim.region
+        for bad in [
+            MemoryRegionDescription(guestPhysicalAddress: 0, size: 1 << 20, userAddress: 0x1000, mmapOffset: 0), // beyond file end
+            MemoryRegionDescription(guestPhysicalAddress: .max - 100, size: 4096, userAddress: 0x1000, mmapOffset: 0),
+            MemoryRegionDescription(guestPhysicalAddress: 0, size: 0, userAddress: 0x1000, mmapOffset: 0),
+            MemoryRegionDescription(guestPhysicalAddress: 0, size: 4096, userAddress: 0x1000, mmapOffset: 4096),
+        ] {
+            refused(message(.setMemTable, MemoryTable(regions: [bad]).encoded(), fds: [small]))
+        }
+        // A valid table that no longer holds the running rings is refused too.
+        refused(message(.setMemTable, MemoryTable(regions: [MemoryRegionDescription(guestPhysicalAddress: 0, size: 4096, userAddress: 0x1000, mmapOffset: 0)]).encoded(), fds: [small]))
+        // Two overlapping regions.
+        refused(message(.setMemTable, MemoryTable(regions: [r, r]).encoded(), fds: [victim.memory.descriptor, victim.memory.descriptor]))
+        // The victim still works with its old table.
+        bystanderA.send(ethernet(to: victim.mac, from: bystanderA.mac, payload: 50))
+        pump(vale)
+        #expect(victim.receive().count == 1)
+        // A new valid table (same memory) is accepted while rings run.
+        try victim.handle(message(.setMemTable, MemoryTable(regions: [r]).encoded(), fds: [victim.memory.descriptor]))
+        bystanderA.send(ethernet(to: victim.mac, from: bystanderA.mac, payload: 50))
+        pump(vale)
+        #expect(victim.receive().count == 1)
+        bystandersStillWork()
+    }
+
+    @Test func nonEventDescriptorsAreRefused() throws {
+        try victim.start()
+        let (s1, _) = try UnixSocket.pair()
+        let file = try MemFD.make(name: "notanevent", size: 8)
+        for fd in [s1, file] {
+            refused(message(.setVringKick, u64(1), fds: [fd]))
+            refused(message(.setVringCall, u64(0), fds: [fd]))
+            refused(message(.setVringErr, u64(0), fds: [fd]))
+        }
+        bystandersStillWork()
+    }
+
+    /// Seeded random message streams: well-formed headers with random requests, payloads and
+    /// descriptors, thousands of them. Each is handled or refused; the bystanders keep working
+    /// and no descriptor leaks.
+    @Test(arguments: [5, 6, 7] as [UInt64])
+    func randomisedMessageStreams(seed: UInt64) throws {
+        var rng = SeededRandom(seed: seed)
+        let openBefore = try openDescriptorCount()
+        do {
+            let eventfd = try EventFD.make()
+            let requests: [VhostUserRequest] = [.getFeatures, .setFeatures, .setOwner, .resetOwner, .setMemTable, .setVringNum,
+                                                .setVringAddr, .setVringBase, .getVringBase, .setVringKick, .setVringCall, .setVringErr,
+                                                .getProtocolFeatures, .setProtocolFeatures, .getQueueNum, .setVringEnable, .sendRARP,
+                                                .netSetMTU, .setLogBase, .getConfig, .setStatus]
+            let base = victim.memory.userAddress(0)
+            var handled = 0
+            for _ in 0..<3000 {
+                let r = requests.randomElement(using: &rng)!
+                var payload: [UInt8]
+                var fds: [OwnedDescriptor] = []
+                switch UInt8.random(in: 0...3, using: &rng) {
+                case 0: // plausible payloads
+                    switch r {
+                    case .setVringAddr:
+                        payload = VringAddress(index: .random(in: 0...2, using: &rng), flags: 0,
+                                               descriptorTable: base + .random(in: 0...0x100000, using: &rng) & ~15,
+                                               usedRing: base + .random(in: 0...0x100000, using: &rng) & ~3,
+                                               availRing: base + .random(in: 0...0x100000, using: &rng) & ~1, log: 0).encoded()
+                    case .setMemTable:
+                        payload = MemoryTable(regions: [victim.region]).encoded()
+                        fds = [victim.memory.descriptor]
+                    case .setVringKick, .setVringCall, .setVringErr:
+                        payload = u64(.random(in: 0...2, using: &rng))
+                        fds = [eventfd]
+                    case .setFeatures:
+                        payload = u64(VhostNetDevice.offeredFeatures.rawValue & .random(in: 0...UInt64.max, using: &rng))
+                    default:
+                        payload = VringState(index: .random(in: 0...2, using: &rng), num: 1 << UInt32.random(in: 0...16, using: &rng)).encoded()
+                    }
+                default: // noise
+                    payload = (0..<Int.random(in: 0...48, using: &rng)).map { _ in .random(in: 0...255, using: &rng) }
+                    if Bool.random(using: &rng) { fds = [eventfd] }
+                }
+                if (try? victim.handle(message(r, payload, fds: fds))) != nil { handled += 1 }
+                if Int.random(in: 0..<200, using: &rng) == 0 { bystandersStillWork(UInt8(handled & 0xff)) }
+                // If the victim got rings running, give it some junk traffic too.
+                pump(vale, passes: 2)
+            }
+            #expect(handled > 0)
+            bystandersStillWork()
+            victim.device.reset(reason: "end of test")
+        }
+        #expect(try openDescriptorCount() <= openBefore + 2)
+    }
+}
+
+/// A guest that corrupts its own rings: only its own rings stop.
+@Suite struct HostileGuest {
+    @Test func brokenRingIsIsolated() throws {
+        let vale = VALESwitch(name: "vale0")
+        let evil = try TestGuest("evil", on: vale, mac: 6)
+        let a = try TestGuest("a", on: vale, mac: 1)
+        let b = try TestGuest("b", on: vale, mac: 2)
+        try evil.start()
+        try a.start()
+        try b.start()
+        let errorFD = try EventFD.make()
+        try evil.handle(message(.setVringErr, u64(1), fds: [errorFD]))
+        // Avail index 1000 entries ahead on a 256-entry ring.
+        evil.tx[0].forceAvailIndex(1000)
+        b.postReceiveBuffers(8)
+        a.send(ethernet(to: b.mac, from: a.mac, payload: 64))
+        pump(vale)
+        #expect(b.receive().count == 1)
+        #expect(EventFD.drain(errorFD.rawValue) == 1) // the front-end was told
+        #expect(evil.device.port.queues[1].broken)
+        // A broken RX ring on the destination only drops what is for it.
+        evil.rx[0].pushAvail(head: 4000)
+        evil.rx[0].publish()
+        a.send(ethernet(to: [0xff, 0xff, 0xff, 0xff, 0xff, 0xff], from: a.mac, payload: 64))
+        pump(vale)
+        #expect(b.receive().count == 1)
+        #expect(evil.device.port.queues[0].broken)
+        // A reset (reconnect) of the evil device clears it.
+        evil.device.reset(reason: "test")
+        #expect(!evil.device.port.queues[0].broken)
+    }
+
+    @Test func badChainsAreCompletedWithZeroAndCounted() throws {
+        let vale = VALESwitch(name: "vale0")
+        let a = try TestGuest("a", on: vale, mac: 1)
+        let b = try TestGuest("b", on: vale, mac: 2)
+        try a.start()
+        try b.start()
+        b.postReceiveBuffers(8)
+        let q = a.tx[0]
+        q.writeDescriptor(0, address: UInt64(a.memory.size) + 5, length: 100, flags: 0, next: 0) // outside memory
+        q.writeDescriptor(1, address: 0, length: 100, flags: 2, next: 0) // writable on TX
+        q.writeDescriptor(2, address: 0, length: 4, flags: 0, next: 0) // shorter than the header
+        q.writeDescriptor(3, address: 0, length: 16, flags: 1, next: 3) // self loop
+        for h in 0..<4 { q.pushAvail(head: UInt16(h)) }
+        q.publish()
+        pump(vale)
+        #expect(vale.counters[a.device.portIndex].dropBadDescriptor == 4)
+        #expect(q.deviceUsedIndex == 4)
+        let used = q.reapUsed()
+        #expect(used.map(\.length) == [0, 0, 0, 0])
+        a.send(ethernet(to: b.mac, from: a.mac, payload: 64))
+        pump(vale)
+        #expect(b.receive().count == 1)
+        #expect(!a.device.port.queues[1].broken)
+    }
+}
+
+func openDescriptorCount() throws -> Int {
+    guard let d = opendir("/proc/self/fd") else { return -1 }
+    defer { closedir(d) }
+    var n = 0
+    while readdir(d) != nil { n += 1 }
+    return n
+}
