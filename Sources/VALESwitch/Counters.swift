@@ -8,7 +8,7 @@ public struct PortCounters: Sendable, Equatable, Codable {
     public var outBytes: UInt64 = 0
     /// Frames shorter than an Ethernet header (14 bytes), from this port.
     public var dropShort: UInt64 = 0
-    /// Malformed descriptor chains from this port (completed with length 0).
+    /// Malformed descriptor chains of this port, transmit or receive (completed with length 0).
     public var dropBadDescriptor: UInt64 = 0
     /// Frames for this port dropped because it had no room (ring full, buffers too small).
     public var dropNoRoom: UInt64 = 0

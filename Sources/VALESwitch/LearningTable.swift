@@ -47,6 +47,19 @@ public struct LearningTable {
         }
     }
 
+    /// Every learned (address, port), for display. The address is in wire order (first byte low).
+    public var entries: [(mac: UInt64, port: Int)] {
+        (0..<Self.buckets).compactMap { keys[$0] & Self.valid != 0 ? (keys[$0] & 0xffff_ffff_ffff, Int(ports[$0])) : nil }
+    }
+
+    /// "aa:bb:cc:dd:ee:ff" for an address as stored here.
+    public static func format(_ mac: UInt64) -> String {
+        (0..<6).map { i in
+            let byte = UInt8(truncatingIfNeeded: mac >> (8 * UInt64(i)))
+            return (byte < 16 ? "0" : "") + String(byte, radix: 16)
+        }.joined(separator: ":")
+    }
+
     public var entryCount: Int {
         (0..<Self.buckets).reduce(0) { $0 + (keys[$1] & Self.valid != 0 ? 1 : 0) }
     }

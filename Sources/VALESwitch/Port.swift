@@ -41,6 +41,8 @@ public enum DeliveryResult {
     case notReady
     /// The header asks for an offload the destination did not negotiate.
     case offloadMismatch
+    /// The destination's receive chain was malformed (completed with length 0; frame dropped).
+    case badDescriptor
 }
 
 /// A port of a switch: a vhost-user device, and later a netmap kernel port or a TAP host port.

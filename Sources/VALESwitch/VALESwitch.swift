@@ -147,6 +147,7 @@ public final class VALESwitch: @unchecked Sendable {
         case .noRoom: counters[index].dropNoRoom &+= 1
         case .notReady: counters[index].dropNotReady &+= 1
         case .offloadMismatch: counters[index].dropOffload &+= 1
+        case .badDescriptor: counters[index].dropBadDescriptor &+= 1
         }
     }
 

@@ -259,8 +259,9 @@ public final class Daemon: @unchecked Sendable {
                 let answer: String
                 switch line {
                 case "stats": answer = statisticsJSON(pretty: true)
+                case "fdb": answer = forwardingTableJSON()
                 case "ping": answer = "pong"
-                default: answer = "{\"error\": \"unknown command '\(line.prefix(32))'; try: stats, ping\"}"
+                default: answer = "{\"error\": \"unknown command '\(line.prefix(32))'; try: stats, fdb, ping\"}"
                 }
                 let bytes = Array((answer + "\n").utf8)
                 bytes.withUnsafeBytes { _ = try? UnixSocket.send(client.rawValue, $0) }
@@ -306,6 +307,19 @@ public final class Daemon: @unchecked Sendable {
         encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys] : [.sortedKeys]
         let data = (try? encoder.encode(["switches": statistics()])) ?? Data()
         return String(decoding: data, as: UTF8.self)
+    }
+
+    /// The learned addresses of every switch: {"vale0": [{"mac": ..., "port": "vale0:a"}]}.
+    public func forwardingTableJSON() -> String {
+        var out: [String: [[String: String]]] = [:]
+        for s in switches {
+            let names = s.vale.lock.withLock { _ in Dictionary(uniqueKeysWithValues: s.vale.attachedPorts.map { ($0.index, "\(s.vale.name):\($0.name)") }) }
+            let entries = s.vale.lock.withLock { _ in s.vale.learning.entries }
+            out[s.vale.name] = entries.sorted { $0.mac < $1.mac }.map { ["mac": LearningTable.format($0.mac), "port": names[$0.port] ?? "#\($0.port)"] }
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return String(decoding: (try? encoder.encode(out)) ?? Data(), as: UTF8.self)
     }
 
     // MARK: Shutdown

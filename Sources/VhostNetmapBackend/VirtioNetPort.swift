@@ -193,7 +193,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
         case .bad(let head, _):
             q.addUsed(head: head, length: 0)
             q.usedIndexDirty = true
-            return .noRoom
+            return .badDescriptor
         case .chain(let head, let length):
             guard length >= total else {
                 q.rewind(1)
@@ -236,7 +236,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
                 for k in 0..<buffers { q.addUsed(head: pending[k].head, length: 0) }
                 q.addUsed(head: head, length: 0)
                 q.usedIndexDirty = true
-                return .noRoom
+                return .badDescriptor
             case .chain(let head, let length):
                 var writer = SegmentWriter(segments: rxSegments.storage, count: rxSegments.count)
                 var written = 0
@@ -244,7 +244,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
                     guard length >= hdrLen else {
                         q.addUsed(head: head, length: 0)
                         q.usedIndexDirty = true
-                        return .noRoom
+                        return .badDescriptor
                     }
                     numBuffersLow = writer.address(ahead: 10)
                     numBuffersHigh = writer.address(ahead: 11)

@@ -9,7 +9,7 @@ struct VhostNetmapCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vhost-netmap",
         abstract: "A vhost-user virtio-net back-end that plugs VMs into netmap/VALE switches.",
-        subcommands: [Serve.self, Stats.self, QemuArgs.self],
+        subcommands: [Serve.self, Stats.self, ForwardingTable.self, QemuArgs.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -104,20 +104,15 @@ struct Serve: ParsableCommand {
     }
 }
 
-struct Stats: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print the running daemon's per-port counters (JSON).")
-
-    @Option(name: .customLong("control"), help: "The daemon's control socket.")
-    var control: String = "/run/vhost-netmap/control.sock"
-
-    func run() throws {
+/// Sends one command line to the daemon's control socket and prints the answer.
+func controlRequest(_ command: String, control: String) throws {
         let socket: OwnedDescriptor
         do {
             socket = try UnixSocket.connect(path: control, nonBlocking: false)
         } catch {
             throw ValidationError("cannot reach the daemon at \(control): \(error)")
         }
-        let request = Array("stats\n".utf8)
+        let request = Array("\(command)\n".utf8)
         try request.withUnsafeBytes { try UnixSocket.send(socket.rawValue, $0) }
         var output = [UInt8]()
         var chunk = [UInt8](repeating: 0, count: 65536)
@@ -127,7 +122,24 @@ struct Stats: ParsableCommand {
             output += chunk[0..<n]
         }
         FileHandle.standardOutput.write(Data(output))
-    }
+}
+
+struct Stats: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the running daemon's per-port counters (JSON).")
+
+    @Option(name: .customLong("control"), help: "The daemon's control socket.")
+    var control: String = "/run/vhost-netmap/control.sock"
+
+    func run() throws { try controlRequest("stats", control: control) }
+}
+
+struct ForwardingTable: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "fdb", abstract: "Print the switches' learned MAC addresses (JSON).")
+
+    @Option(name: .customLong("control"), help: "The daemon's control socket.")
+    var control: String = "/run/vhost-netmap/control.sock"
+
+    func run() throws { try controlRequest("fdb", control: control) }
 }
 
 struct QemuArgs: ParsableCommand {
