@@ -44,6 +44,8 @@ public final class VhostNetDevice: @unchecked Sendable {
     private(set) var features: VirtioFeatures = []
     private var featuresSet = false
     private(set) var protocolFeatures: ProtocolFeatures = []
+    /// SET_PROTOCOL_FEATURES was received: QEMU then sends SET_VRING_ENABLE even before SET_FEATURES.
+    private var protocolFeaturesNegotiated = false
     private var owned = false
     public private(set) var mtu: Int = 1500
 
@@ -100,6 +102,7 @@ public final class VhostNetDevice: @unchecked Sendable {
                 throw .invalid(r, "protocol features 0x\(String(p.rawValue, radix: 16)) include bits not offered")
             }
             protocolFeatures = p
+            protocolFeaturesNegotiated = true
         case .setOwner:
             owned = true
         case .resetOwner:
@@ -171,7 +174,9 @@ public final class VhostNetDevice: @unchecked Sendable {
         case .setVringEnable:
             let s = m.withPayload { VringState($0) }
             let v = try vring(s.index, r)
-            guard features.contains(.protocolFeatures) else { throw .invalid(r, "PROTOCOL_FEATURES not negotiated") }
+            guard protocolFeaturesNegotiated || features.contains(.protocolFeatures) else {
+                throw .invalid(r, "PROTOCOL_FEATURES not negotiated")
+            }
             guard s.num <= 1 else { throw .invalid(r, "enable must be 0 or 1, got \(s.num)") }
             withDatapathPaused { v.enabled = s.num == 1 }
         case .sendRARP:
@@ -310,6 +315,7 @@ public final class VhostNetDevice: @unchecked Sendable {
             features = []
             featuresSet = false
             protocolFeatures = []
+            protocolFeaturesNegotiated = false
             owned = false
             port.pendingAnnouncement = nil
             vale.learning.forget(port: portIndex)

@@ -207,6 +207,19 @@ import Virtio
         #expect(b.receive().count == 1)
     }
 
+    /// QEMU's order: protocol features, then SET_VRING_ENABLE(0) for every ring, then SET_FEATURES.
+    @Test func qemuEnablesRingsBeforeSettingFeatures() throws {
+        let vale = VALESwitch(name: "vale0")
+        let a = try TestGuest("a", on: vale, mac: 1)
+        try a.handle(message(.setOwner))
+        _ = try a.handle(message(.getFeatures))
+        _ = try a.handle(message(.getProtocolFeatures))
+        try a.handle(message(.setProtocolFeatures, u64(ProtocolFeatures([.mq, .replyAck]).rawValue)))
+        try a.handle(message(.setVringEnable, VringState(index: 0, num: 0).encoded()))
+        try a.handle(message(.setVringEnable, VringState(index: 1, num: 0).encoded()))
+        try a.handle(message(.setFeatures, u64(VhostNetDevice.offeredFeatures.rawValue)))
+    }
+
     @Test func rarpAnnouncementIsFlooded() throws {
         let vale = VALESwitch(name: "vale0")
         let a = try TestGuest("a", on: vale, mac: 1)

@@ -1,0 +1,15 @@
+#!/bin/sh
+# Installs the Debian packages vhost-netmap needs. With "test", also the real peers the
+# tests use (DPDK testpmd, QEMU, busybox for the guest image). Skips what is installed.
+set -eu
+need="liburing-dev pkg-config"
+[ "${1:-}" = test ] && need="$need dpdk-dev qemu-system-x86 busybox-static python3 iproute2"
+missing=""
+for p in $need; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  echo "installing:$missing"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+command -v swift >/dev/null || { echo "swift is not on PATH (Swift 6.1 or newer is needed)" >&2; exit 1; }
