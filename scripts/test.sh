@@ -8,18 +8,23 @@ scripts/install-deps.sh test || exit 1
 passed=0; failed=0
 
 echo "== swift test"
-swift test 2>&1 | tee /tmp/vhost-netmap-swift-test.log | grep -E "✘|error:|Test run with|Fatal" | head -50
-summary=$(grep -E "Test run with [0-9]+ tests?" /tmp/vhost-netmap-swift-test.log | tail -1)
-n=$(echo "$summary" | sed -n 's/.*Test run with \([0-9]*\) test.*/\1/p')
-if echo "$summary" | grep -q "passed after" && [ "${PIPESTATUS[0]:-0}" = 0 ]; then
-  passed=$((passed + ${n:-0}))
+swift test > /tmp/vhost-netmap-swift-test.log 2>&1
+rc=$?
+grep -E "✘|error:|Test run with|Fatal" /tmp/vhost-netmap-swift-test.log | cut -c1-400 | head -60
+n=$(grep -E "Test run with [0-9]+ test" /tmp/vhost-netmap-swift-test.log | tail -1 | sed -n 's/.*Test run with \([0-9]*\) test.*/\1/p')
+if [ "$rc" -eq 0 ] && [ -n "$n" ]; then
+  passed=$((passed + n))
 else
-  failed=$((failed + 1)); passed=$((passed + ${n:-0} - 1))
+  echo "swift test failed (exit $rc)"
+  failed=$((failed + 1))
 fi
 
 if [ -z "${SKIP_INTEGRATION:-}" ]; then
   echo "== swift build -c release"
-  swift build -c release 2>&1 | grep -E "error|warning: [^']" ; swift build -c release >/dev/null 2>&1 || { echo "release build failed"; failed=$((failed + 1)); }
+  if ! swift build -c release > /tmp/vhost-netmap-release.log 2>&1; then
+    grep -E "error" /tmp/vhost-netmap-release.log | head -20
+    echo "release build failed"; failed=$((failed + 1))
+  fi
   run() {
     echo "== $*"
     if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi

@@ -47,22 +47,26 @@ public enum DeliveryResult {
 
 /// A port of a switch: a vhost-user device, and later a netmap kernel port or a TAP host port.
 ///
+/// A class rather than a protocol so the switch can call it through an unretained reference
+/// (`Unmanaged`) with no reference counting per packet; subclasses override every method.
 /// All methods are called by the switch's worker thread with the switch lock held, so a port
 /// needs no locking of its own on the data path. Calls are per batch except `deliver`.
-public protocol SwitchPort: AnyObject {
+open class SwitchPort {
+    public init() {}
+
     /// Moves up to `budget` frames from this port into `vale` (through `vale.forward`), then
     /// returns its own buffers. Returns the number of frames taken.
-    func transmit(into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int
+    open func transmit(into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int { 0 }
     /// Copies `frame` into this port's receive buffers.
-    func deliver(_ frame: Frame) -> DeliveryResult
+    open func deliver(_ frame: Frame) -> DeliveryResult { .notReady }
     /// Publishes what `deliver` wrote since the last flush and notifies the peer if it asks.
-    func flushDeliveries()
+    open func flushDeliveries() {}
     /// Descriptors that become readable when this port has new frames (kick eventfds).
-    func wakeDescriptors() -> [CInt]
-    /// True if frames are waiting without a wake-up being possible (a ring in polling mode).
-    var needsPolling: Bool { get }
+    open func wakeDescriptors() -> [CInt] { [] }
+    /// True if frames may be waiting with no wake-up possible (a ring in polling mode).
+    open var needsPolling: Bool { false }
     /// Re-enables wake-ups before the worker sleeps; true if frames arrived meanwhile.
-    func prepareToSleep() -> Bool
+    open func prepareToSleep() -> Bool { false }
     /// Suppresses wake-ups again after the worker woke.
-    func finishSleeping()
+    open func finishSleeping() {}
 }

@@ -23,10 +23,20 @@ public final class VALESwitch: @unchecked Sendable {
     public let name: String
     public let lock = Mutex<Void>(())
 
-    private var ports: [(any SwitchPort)?]
+    /// Strong references: they keep the ports alive while attached.
+    private var ports: [SwitchPort?]
     private var portNames: [String?]
+    /// The data path's view of `ports`: unretained references (no ARC traffic per packet), valid
+    /// while the port is attached, which `ports` guarantees.
+    private let slots: UnsafeMutablePointer<PortSlot>
     /// Indices of attached ports, for flooding without scanning empty slots.
     private var active: [Int] = []
+    private let activeList: UnsafeMutablePointer<Int>
+    private var activeCount = 0
+
+    struct PortSlot {
+        var port: Unmanaged<SwitchPort>?
+    }
     public private(set) var counters: UnsafeMutablePointer<PortCounters>
     public let learning = LearningTable()
     private var dirty: UnsafeMutablePointer<Bool>
@@ -44,9 +54,14 @@ public final class VALESwitch: @unchecked Sendable {
         dirty = .allocate(capacity: Self.maxPorts)
         dirty.initialize(repeating: false, count: Self.maxPorts)
         dirtyList = .allocate(capacity: Self.maxPorts)
+        slots = .allocate(capacity: Self.maxPorts)
+        slots.initialize(repeating: PortSlot(port: nil), count: Self.maxPorts)
+        activeList = .allocate(capacity: Self.maxPorts)
     }
 
     deinit {
+        slots.deallocate()
+        activeList.deallocate()
         counters.deallocate()
         dirty.deallocate()
         dirtyList.deallocate()
@@ -56,24 +71,33 @@ public final class VALESwitch: @unchecked Sendable {
     // MARK: Control plane (caller holds `lock`)
 
     /// Attaches a port under `portName` (the part after "valeX:"); returns its index.
-    public func attach(_ port: any SwitchPort, named portName: String) throws(SwitchError) -> Int {
+    public func attach(_ port: SwitchPort, named portName: String) throws(SwitchError) -> Int {
         guard !portNames.contains(portName) else { throw .nameInUse("\(name):\(portName)") }
         guard let i = ports.firstIndex(where: { $0 == nil }) else { throw .full(name) }
         ports[i] = port
         portNames[i] = portName
         counters[i] = PortCounters()
         active.append(i)
+        slots[i].port = Unmanaged.passUnretained(port)
+        rebuildActiveList()
         generation &+= 1
         return i
     }
 
     public func detach(index: Int) {
         guard ports[index] != nil else { return }
+        slots[index].port = nil
         ports[index] = nil
         portNames[index] = nil
         active.removeAll { $0 == index }
+        rebuildActiveList()
         learning.forget(port: index)
         generation &+= 1
+    }
+
+    private func rebuildActiveList() {
+        for (k, i) in active.enumerated() { activeList[k] = i }
+        activeCount = active.count
     }
 
     /// Marks the wake-up set as changed (a ring started or stopped).
@@ -81,7 +105,7 @@ public final class VALESwitch: @unchecked Sendable {
         generation &+= 1
     }
 
-    public var attachedPorts: [(index: Int, name: String, port: any SwitchPort)] {
+    public var attachedPorts: [(index: Int, name: String, port: SwitchPort)] {
         active.map { ($0, portNames[$0]!, ports[$0]!) }
     }
 
@@ -95,8 +119,9 @@ public final class VALESwitch: @unchecked Sendable {
     @inline(never)
     public func runPass(budget: Int) -> Int {
         var moved = 0
-        for i in active {
-            moved &+= ports[i].unsafelyUnwrapped.transmit(into: self, as: i, budget: budget)
+        for k in 0..<activeCount {
+            let i = activeList[k]
+            moved &+= slots[i].port.unsafelyUnwrapped._withUnsafeGuaranteedRef { $0.transmit(into: self, as: i, budget: budget) }
             flushDeliveries()
         }
         return moved
@@ -123,18 +148,19 @@ public final class VALESwitch: @unchecked Sendable {
         if dst & 1 == 0, let d = learning.lookup(dst) {
             if d == source {
                 counters[source].dropSamePort &+= 1
-            } else if let port = ports[d] {
-                deliver(frame, to: d, port)
+            } else if let port = slots[d].port {
+                port._withUnsafeGuaranteedRef { deliver(frame, to: d, $0) }
             }
             return
         }
-        for d in active where d != source {
-            deliver(frame, to: d, ports[d].unsafelyUnwrapped)
+        for k in 0..<activeCount {
+            let d = activeList[k]
+            if d != source { slots[d].port.unsafelyUnwrapped._withUnsafeGuaranteedRef { deliver(frame, to: d, $0) } }
         }
     }
 
     @inline(__always)
-    private func deliver(_ frame: Frame, to index: Int, _ port: any SwitchPort) {
+    private func deliver(_ frame: Frame, to index: Int, _ port: SwitchPort) {
         switch port.deliver(frame) {
         case .delivered:
             counters[index].outPackets &+= 1
@@ -157,7 +183,7 @@ public final class VALESwitch: @unchecked Sendable {
         for k in 0..<dirtyCount {
             let i = dirtyList[k]
             dirty[i] = false
-            ports[i]?.flushDeliveries()
+            slots[i].port?._withUnsafeGuaranteedRef { $0.flushDeliveries() }
         }
         dirtyCount = 0
     }

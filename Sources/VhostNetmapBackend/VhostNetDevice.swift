@@ -361,8 +361,7 @@ public final class VhostNetDevice: @unchecked Sendable {
                 rx.append(q)
             }
         }
-        port.readyTX = tx
-        port.readyRX = rx
+        port.setReady(tx: tx, rx: rx)
         port.polledTX = polled
         port.features = features
         port.headerLength = hdr
@@ -384,7 +383,7 @@ public final class VhostNetDevice: @unchecked Sendable {
     /// Caller holds the switch lock.
     func statusLocked() -> Status {
         Status(features: features.rawValue, protocolFeatures: protocolFeatures.rawValue,
-               memoryRegions: memory?.regions.count ?? 0, readyTX: port.readyTX.count, readyRX: port.readyRX.count,
+               memoryRegions: memory?.regions.count ?? 0, readyTX: port.readyTXCount, readyRX: port.readyRXCount,
                brokenRings: port.queues.filter { $0.broken }.map { $0.index }, mtu: mtu)
     }
 }

@@ -16,8 +16,26 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
 
     public let queues: [SplitQueue]
     // Set by the device (control thread, switch lock held).
-    var readyTX: [SplitQueue] = []
-    var readyRX: [SplitQueue] = []
+    /// Unretained references to running rings (their owner is `queues`): no ARC per packet.
+    struct QueueRef {
+        unowned(unsafe) let queue: SplitQueue
+    }
+
+    /// Running rings, in fixed storage (reading an array property would retain its buffer per packet).
+    private let readyTXStorage: UnsafeMutablePointer<QueueRef>
+    private let readyRXStorage: UnsafeMutablePointer<QueueRef>
+    private(set) var readyTXCount = 0
+    private(set) var readyRXCount = 0
+
+    /// Sets the running rings (control thread, switch lock held).
+    func setReady(tx: [SplitQueue], rx: [SplitQueue]) {
+        for (i, q) in tx.enumerated() { readyTXStorage[i] = QueueRef(queue: q) }
+        for (i, q) in rx.enumerated() { readyRXStorage[i] = QueueRef(queue: q) }
+        readyTXCount = tx.count
+        readyRXCount = rx.count
+    }
+
+    private var readyTX: UnsafeBufferPointer<QueueRef> { UnsafeBufferPointer(start: readyTXStorage, count: readyTXCount) }
     var callDescriptors: [CInt]
     var errorDescriptors: [CInt]
     var kickDescriptors: [CInt]
@@ -26,8 +44,8 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     var headerLength = 12
     var mergeable = false
 
-    private var txSegments = SegmentList(capacity: SplitQueue.maxSegmentsPerChain)
-    private var rxSegments = SegmentList(capacity: SplitQueue.maxSegmentsPerChain)
+    private let txSegments = SegmentList(capacity: SplitQueue.maxSegmentsPerChain)
+    private let rxSegments = SegmentList(capacity: SplitQueue.maxSegmentsPerChain)
     private let pending: UnsafeMutablePointer<PendingUsed>
     private let pendingCapacity = 1024
     private var dirtyRX: UInt64 = 0
@@ -40,14 +58,17 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
         errorDescriptors = Array(repeating: -1, count: queueCount)
         kickDescriptors = Array(repeating: -1, count: queueCount)
         pending = .allocate(capacity: pendingCapacity)
+        readyTXStorage = .allocate(capacity: queueCount)
+        readyRXStorage = .allocate(capacity: queueCount)
         self.onBroken = onBroken
+        super.init()
     }
 
     deinit {
-        txSegments.deallocate()
-        rxSegments.deallocate()
         announcementBuffer.deallocate()
         pending.deallocate()
+        readyTXStorage.deallocate()
+        readyRXStorage.deallocate()
     }
 
     @inline(__always)
@@ -68,17 +89,17 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
 
     // MARK: Guest TX → switch
 
-    public func transmit(into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int {
+    public override func transmit(into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int {
         var moved = 0
         if let announcement = pendingAnnouncement {
             pendingAnnouncement = nil
             sendAnnouncement(announcement, into: vale, as: portIndex)
             moved = 1
         }
-        let count = readyTX.count
+        let count = readyTXCount
         guard count > 0 else { return moved }
         for k in 0..<count {
-            let q = readyTX[(txCursor &+ k) % count]
+            let q = readyTXStorage[(txCursor &+ k) % count].queue
             moved &+= transmit(q, into: vale, as: portIndex, budget: budget &- moved)
             if moved >= budget { break }
         }
@@ -94,11 +115,12 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
         }
         let n = min(available, budget)
         if n == 0 { return 0 }
+        q.prefetch(upTo: n, writable: false)
         let hdrLen = headerLength
         let queuePair = q.index >> 1
         var taken = 0
         while taken < n {
-            guard let result = q.nextChain(writable: false, into: &txSegments) else {
+            guard let result = q.nextChain(writable: false, into: txSegments) else {
                 reportBroken(q)
                 break
             }
@@ -162,16 +184,17 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
 
     // MARK: Switch → guest RX
 
-    public func deliver(_ frame: Frame) -> DeliveryResult {
-        let count = readyRX.count
+    public override func deliver(_ frame: Frame) -> DeliveryResult {
+        let count = readyRXCount
         guard count > 0 else { return .notReady }
-        let q = readyRX[frame.queuePair % count]
+        let q = readyRXStorage[frame.queuePair % count].queue
         guard features.isSuperset(of: frame.header.requiredReceiveFeatures) else { return .offloadMismatch }
         guard let available = q.availableCount() else {
             if q.broken { reportBroken(q) }
             return .notReady
         }
         if available == 0 { return .noRoom }
+        q.prefetch(upTo: SwitchWorker.batch, writable: true)
         let result = mergeable ? deliverMergeable(frame, to: q, available: available)
                                : deliverSingle(frame, to: q, available: available)
         if result == .delivered || q.usedIndexDirty {
@@ -185,7 +208,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     private func deliverSingle(_ frame: Frame, to q: SplitQueue, available: Int) -> DeliveryResult {
         let hdrLen = headerLength
         let total = hdrLen &+ frame.length
-        guard let result = q.nextChain(writable: true, into: &rxSegments) else {
+        guard let result = q.nextChain(writable: true, into: rxSegments) else {
             reportBroken(q)
             return .notReady
         }
@@ -226,7 +249,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
                 q.rewind(buffers)
                 return .noRoom
             }
-            guard let result = q.nextChain(writable: true, into: &rxSegments) else {
+            guard let result = q.nextChain(writable: true, into: rxSegments) else {
                 reportBroken(q)
                 return .notReady
             }
@@ -281,7 +304,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
         }
     }
 
-    public func flushDeliveries() {
+    public override func flushDeliveries() {
         var mask = dirtyRX
         dirtyRX = 0
         while mask != 0 {
@@ -297,23 +320,24 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
 
     // MARK: Sleeping and waking
 
-    public func wakeDescriptors() -> [CInt] {
-        readyTX.compactMap { kickDescriptors[$0.index] >= 0 ? kickDescriptors[$0.index] : nil }
+    public override func wakeDescriptors() -> [CInt] {
+        readyTX.compactMap { kickDescriptors[$0.queue.index] >= 0 ? kickDescriptors[$0.queue.index] : nil }
     }
 
-    public var needsPolling: Bool { polledTX }
+    public override var needsPolling: Bool { polledTX }
 
-    public func prepareToSleep() -> Bool {
+    public override func prepareToSleep() -> Bool {
         var pendingWork = false
-        for q in readyTX {
+        for r in readyTX {
+            let q = r.queue
             q.enableKicks()
             if let n = q.availableCount(), n > 0 { pendingWork = true }
         }
         return pendingWork
     }
 
-    public func finishSleeping() {
-        for q in readyTX { q.disableKicks() }
+    public override func finishSleeping() {
+        for r in readyTX { r.queue.disableKicks() }
     }
 }
 

@@ -11,7 +11,9 @@ public struct Segment: @unchecked Sendable {
 }
 
 /// A fixed-capacity list of segments, allocated once per ring (never per packet).
-public struct SegmentList: @unchecked Sendable {
+/// A reference type on purpose: passing a struct stored in a class `inout` across the chain
+/// walk made every packet pay Swift's dynamic exclusivity check.
+public final class SegmentList: @unchecked Sendable {
     public let storage: UnsafeMutablePointer<Segment>
     public let capacity: Int
     public var count = 0
@@ -21,8 +23,7 @@ public struct SegmentList: @unchecked Sendable {
         self.capacity = capacity
     }
 
-    /// Frees the storage; call once when the owner goes away.
-    public func deallocate() { storage.deallocate() }
+    deinit { storage.deallocate() }
 }
 
 /// Reads through a segment list: gather a few bytes, skip, or copy ranges out.

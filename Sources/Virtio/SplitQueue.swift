@@ -1,3 +1,4 @@
+import CVhostShim
 import Synchronization
 
 /// Why a descriptor chain was refused. Each is counted; none is fatal to the daemon.
@@ -70,7 +71,14 @@ public final class SplitQueue: @unchecked Sendable {
     public private(set) var memory: GuestMemory?
 
     /// Next avail entry to take (free-running 16-bit).
-    public var lastAvailIndex: UInt16 = 0
+    public var lastAvailIndex: UInt16 = 0 {
+        didSet { if lastAvailIndex &- cachedAvailIndex < 0x8000 { cachedAvailIndex = lastAvailIndex } }
+    }
+    /// The guest's avail->idx as last read. Reading it costs a cache miss (the guest writes that
+    /// line all the time), so it is re-read only when what it promised has been consumed.
+    private var cachedAvailIndex: UInt16 = 0
+    /// Avail entries up to here have had their descriptors and buffers prefetched.
+    private var prefetchedUntil: UInt16 = 0
     /// Our copy of used->idx (we are its only writer).
     public private(set) var usedIndex: UInt16 = 0
     private var signalledUsedIndex: UInt16 = 0
@@ -110,6 +118,7 @@ public final class SplitQueue: @unchecked Sendable {
         used = u
         self.memory = memory
         usedIndex = Self.load16(u + 2)
+        cachedAvailIndex = lastAvailIndex
         signalledValid = false
         broken = false
         brokenReason = nil
@@ -149,6 +158,15 @@ public final class SplitQueue: @unchecked Sendable {
     /// (an avail index more than `size` ahead is a guest bug or attack).
     @inline(__always)
     public func availableCount() -> Int? {
+        guard !broken else { return nil }
+        let cached = Int(cachedAvailIndex &- lastAvailIndex)
+        if cached > 0 { return cached }
+        return refreshAvailable()
+    }
+
+    /// Re-reads avail->idx (acquire) and validates it.
+    @inline(never)
+    public func refreshAvailable() -> Int? {
         guard let avail, !broken else { return nil }
         let idx = Self.loadAcquire16(avail + 2)
         let n = Int(idx &- lastAvailIndex)
@@ -156,6 +174,7 @@ public final class SplitQueue: @unchecked Sendable {
             markBroken("avail index \(idx) is \(n) entries ahead of \(lastAvailIndex) on a ring of \(size)")
             return nil
         }
+        cachedAvailIndex = idx
         return n
     }
 
@@ -164,7 +183,7 @@ public final class SplitQueue: @unchecked Sendable {
     /// Returns nil when the head itself is out of range: the ring is then marked broken.
     /// The caller has checked `availableCount() > 0`.
     @inline(__always)
-    public func nextChain(writable: Bool, into segments: inout SegmentList) -> ChainResult? {
+    public func nextChain(writable: Bool, into segments: SegmentList) -> ChainResult? {
         let slot = Int(lastAvailIndex) & mask
         let head = Self.load16(avail! + 4 + 2 * slot)
         lastAvailIndex &+= 1
@@ -173,10 +192,39 @@ public final class SplitQueue: @unchecked Sendable {
             return nil
         }
         segments.count = 0
-        switch walk(head: head, writable: writable, into: &segments) {
+        switch walk(head: head, writable: writable, into: segments) {
         case .success(let length): return .chain(head: head, length: length)
         case .failure(let e): segments.count = 0; return .bad(head: head, e)
         }
+    }
+
+    /// Starts loading the descriptors and first buffer lines of the next available chains, so
+    /// that the misses on lines the guest just wrote overlap instead of stalling one by one.
+    /// Reads nothing it would trust: addresses are only used as prefetch hints.
+    @inline(__always)
+    public func prefetch(upTo count: Int, writable: Bool) {
+        guard let avail, let descriptors, let memory else { return }
+        let available = Int(cachedAvailIndex &- lastAvailIndex)
+        let start = Int(prefetchedUntil &- lastAvailIndex) < 0x8000 ? prefetchedUntil : lastAvailIndex
+        let end = lastAvailIndex &+ UInt16(truncatingIfNeeded: min(count, available))
+        var i = start
+        while i != end && Int(end &- i) < 0x8000 {
+            let head = Int(Self.load16(avail + 4 + 2 * (Int(i) & mask))) & mask
+            let d = descriptors + 16 * head
+            cvh_prefetch_read(d)
+            i &+= 1
+        }
+        i = start
+        while i != end && Int(end &- i) < 0x8000 {
+            let head = Int(Self.load16(avail + 4 + 2 * (Int(i) & mask))) & mask
+            let d = descriptors + 16 * head
+            let addr = UInt64(littleEndian: d.loadUnaligned(as: UInt64.self))
+            if let host = memory.translate(guestPhysical: addr, length: 1) {
+                if writable { cvh_prefetch_write(host) } else { cvh_prefetch_read(host) }
+            }
+            i &+= 1
+        }
+        prefetchedUntil = end
     }
 
     /// Gives back the last `count` chains taken (used when a receiver runs out of room midway).
@@ -184,7 +232,7 @@ public final class SplitQueue: @unchecked Sendable {
         lastAvailIndex &-= UInt16(truncatingIfNeeded: count)
     }
 
-    private func walk(head: UInt16, writable: Bool, into segments: inout SegmentList) -> Result<Int, ChainError> {
+    private func walk(head: UInt16, writable: Bool, into segments: SegmentList) -> Result<Int, ChainError> {
         guard let memory else { return .failure(.outOfMemory) }
         var table = descriptors!
         var tableSize = size
@@ -192,6 +240,10 @@ public final class SplitQueue: @unchecked Sendable {
         var visited = 0
         var inIndirect = false
         var total = 0
+        let storage = segments.storage
+        let capacity = segments.capacity
+        var count = 0
+        defer { segments.count = count }
         while true {
             let d = table + 16 * index
             // Each field is read once: the guest may rewrite the descriptor while we look at it.
@@ -226,9 +278,9 @@ public final class SplitQueue: @unchecked Sendable {
                 guard let (host, n) = memory.translatePrefix(guestPhysical: gpa, length: remaining) else {
                     return .failure(.outOfMemory)
                 }
-                guard segments.count < segments.capacity else { return .failure(.tooManySegments) }
-                segments.storage[segments.count] = Segment(base: host, length: Int(n))
-                segments.count &+= 1
+                guard count < capacity else { return .failure(.tooManySegments) }
+                storage[count] = Segment(base: host, length: Int(n))
+                count &+= 1
                 gpa &+= n
                 remaining &-= n
             }

@@ -5,6 +5,8 @@ import Virtio
 
 /// A port that sends frames given to it and records what the switch delivers.
 final class RecordingPort: SwitchPort {
+    override init() { super.init() }
+
     var outbox: [[UInt8]] = []
     var received: [[UInt8]] = []
     var room = Int.max
@@ -12,7 +14,7 @@ final class RecordingPort: SwitchPort {
     var header = VirtioNetHeader()
     var accepts: VirtioFeatures = [.netGuestCSUM, .netGuestTSO4, .netGuestTSO6]
 
-    func transmit(into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int {
+    override func transmit(into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int {
         let n = min(budget, outbox.count)
         for frame in outbox.prefix(n) {
             var bytes = frame
@@ -30,7 +32,7 @@ final class RecordingPort: SwitchPort {
         return n
     }
 
-    func deliver(_ frame: Frame) -> DeliveryResult {
+    override func deliver(_ frame: Frame) -> DeliveryResult {
         guard accepts.isSuperset(of: frame.header.requiredReceiveFeatures) else { return .offloadMismatch }
         guard room > 0 else { return .noRoom }
         room -= 1
@@ -41,11 +43,11 @@ final class RecordingPort: SwitchPort {
         return .delivered
     }
 
-    func flushDeliveries() { flushes += 1 }
-    func wakeDescriptors() -> [CInt] { [] }
-    var needsPolling: Bool { false }
-    func prepareToSleep() -> Bool { !outbox.isEmpty }
-    func finishSleeping() {}
+    override func flushDeliveries() { flushes += 1 }
+    override func wakeDescriptors() -> [CInt] { [] }
+    override var needsPolling: Bool { false }
+    override func prepareToSleep() -> Bool { !outbox.isEmpty }
+    override func finishSleeping() {}
 }
 
 func mac(_ last: UInt8, group: Bool = false) -> [UInt8] { [group ? 0x03 : 0x02, 0, 0, 0, 0, last] }

@@ -21,7 +21,7 @@ final class RingPair {
     let guest: GuestMemory
     let driver: DriverQueue
     let device: SplitQueue
-    var segments = SegmentList(capacity: SplitQueue.maxSegmentsPerChain)
+    let segments = SegmentList(capacity: SplitQueue.maxSegmentsPerChain)
 
     init(size: Int = 16, indirect: Bool = true, eventIndex: Bool = false) throws {
         memory = try DriverMemory(size: 4 << 20)
@@ -33,11 +33,10 @@ final class RingPair {
         try device.attach(size: UInt32(size), addresses: driver.addresses, memory: guest)
     }
 
-    deinit { segments.deallocate() }
 
     func take(writable: Bool = false) -> ChainResult? {
         guard let n = device.availableCount(), n > 0 else { return nil }
-        return device.nextChain(writable: writable, into: &segments)
+        return device.nextChain(writable: writable, into: segments)
     }
 }
 
@@ -130,10 +129,9 @@ final class RingPair {
         try q.attach(size: 8, addresses: driver.addresses, memory: guest)
         _ = driver.add([.init(address: (1 << 19) - 100, length: 300, writable: false)])
         driver.publish()
-        var segments = SegmentList(capacity: 8)
-        defer { segments.deallocate() }
+        let segments = SegmentList(capacity: 8)
         #expect(q.availableCount() == 1)
-        #expect(q.nextChain(writable: false, into: &segments) == .chain(head: 0, length: 300))
+        #expect(q.nextChain(writable: false, into: segments) == .chain(head: 0, length: 300))
         #expect(segments.count == 2)
         #expect(segments.storage[0].length == 100 && segments.storage[1].length == 200)
     }
@@ -243,7 +241,7 @@ final class RingPair {
         // Head out of range: the ring cannot even be completed, so it is marked broken.
         r.driver.pushAvail(head: 9); r.driver.publish()
         #expect(r.device.availableCount() == 1)
-        #expect(r.device.nextChain(writable: false, into: &r.segments) == nil)
+        #expect(r.device.nextChain(writable: false, into: r.segments) == nil)
         #expect(r.device.broken)
         #expect(r.device.availableCount() == nil)
         // Avail index far ahead of what we consumed.

@@ -37,4 +37,8 @@ ssize_t cvh_send_with_fds(int sock, const void *buf, size_t len, const int *fds,
 /// Fills a sockaddr_un; returns its length or -1 if the path does not fit.
 int cvh_sockaddr_un(struct sockaddr_un *addr, const char *path);
 
+/// Cache prefetch hints: pull a line the other core wrote before we need it.
+static inline void cvh_prefetch_read(const void *p) { __builtin_prefetch(p, 0, 3); }
+static inline void cvh_prefetch_write(const void *p) { __builtin_prefetch(p, 1, 3); }
+
 #endif
