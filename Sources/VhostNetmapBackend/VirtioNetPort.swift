@@ -18,7 +18,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     // Set by the device (control thread, switch lock held).
     /// Unretained references to running rings (their owner is `queues`): no ARC per packet.
     struct QueueRef {
-        unowned(unsafe) let queue: SplitQueue
+        let queue: Unmanaged<SplitQueue>
     }
 
     /// Running rings, in fixed storage (reading an array property would retain its buffer per packet).
@@ -29,8 +29,8 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
 
     /// Sets the running rings (control thread, switch lock held).
     func setReady(tx: [SplitQueue], rx: [SplitQueue]) {
-        for (i, q) in tx.enumerated() { readyTXStorage[i] = QueueRef(queue: q) }
-        for (i, q) in rx.enumerated() { readyRXStorage[i] = QueueRef(queue: q) }
+        for (i, q) in tx.enumerated() { readyTXStorage[i] = QueueRef(queue: .passUnretained(q)) }
+        for (i, q) in rx.enumerated() { readyRXStorage[i] = QueueRef(queue: .passUnretained(q)) }
         readyTXCount = tx.count
         readyRXCount = rx.count
     }
@@ -99,8 +99,9 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
         let count = readyTXCount
         guard count > 0 else { return moved }
         for k in 0..<count {
-            let q = readyTXStorage[(txCursor &+ k) % count].queue
-            moved &+= transmit(q, into: vale, as: portIndex, budget: budget &- moved)
+            moved &+= readyTXStorage[(txCursor &+ k) % count].queue._withUnsafeGuaranteedRef {
+                transmit($0, into: vale, as: portIndex, budget: budget &- moved)
+            }
             if moved >= budget { break }
         }
         txCursor &+= 1
@@ -115,7 +116,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
         }
         let n = min(available, budget)
         if n == 0 { return 0 }
-        q.prefetch(upTo: n, writable: false)
+        q.prefetch(upTo: 2 &* n, writable: false)
         let hdrLen = headerLength
         let queuePair = q.index >> 1
         var taken = 0
@@ -187,7 +188,11 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     public override func deliver(_ frame: Frame) -> DeliveryResult {
         let count = readyRXCount
         guard count > 0 else { return .notReady }
-        let q = readyRXStorage[frame.queuePair % count].queue
+        return readyRXStorage[frame.queuePair % count].queue._withUnsafeGuaranteedRef { deliver(frame, into: $0) }
+    }
+
+    @inline(__always)
+    private func deliver(_ frame: Frame, into q: SplitQueue) -> DeliveryResult {
         guard features.isSuperset(of: frame.header.requiredReceiveFeatures) else { return .offloadMismatch }
         guard let available = q.availableCount() else {
             if q.broken { reportBroken(q) }
@@ -263,6 +268,13 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
             case .chain(let head, let length):
                 var writer = SegmentWriter(segments: rxSegments.storage, count: rxSegments.count)
                 var written = 0
+                if buffers == 0 && length >= hdrLen &+ remaining {
+                    // The common case: the whole frame fits the first buffer (num_buffers = 1).
+                    writeHeader(header, length: hdrLen, into: &writer)
+                    _ = writer.copy(from: &source, length: remaining)
+                    q.addUsed(head: head, length: UInt32(hdrLen &+ remaining))
+                    return .delivered
+                }
                 if buffers == 0 {
                     guard length >= hdrLen else {
                         q.addUsed(head: head, length: 0)
@@ -321,7 +333,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     // MARK: Sleeping and waking
 
     public override func wakeDescriptors() -> [CInt] {
-        readyTX.compactMap { kickDescriptors[$0.queue.index] >= 0 ? kickDescriptors[$0.queue.index] : nil }
+        readyTX.compactMap { r in r.queue._withUnsafeGuaranteedRef { kickDescriptors[$0.index] >= 0 ? kickDescriptors[$0.index] : nil } }
     }
 
     public override var needsPolling: Bool { polledTX }
@@ -329,15 +341,16 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     public override func prepareToSleep() -> Bool {
         var pendingWork = false
         for r in readyTX {
-            let q = r.queue
-            q.enableKicks()
-            if let n = q.availableCount(), n > 0 { pendingWork = true }
+            r.queue._withUnsafeGuaranteedRef { q in
+                q.enableKicks()
+                if let n = q.refreshAvailable(), n > 0 { pendingWork = true }
+            }
         }
         return pendingWork
     }
 
     public override func finishSleeping() {
-        for r in readyTX { r.queue.disableKicks() }
+        for r in readyTX { r.queue._withUnsafeGuaranteedRef { $0.disableKicks() } }
     }
 }
 

@@ -110,6 +110,13 @@ public final class GuestMemory: @unchecked Sendable {
     /// Host address of [gpa, gpa + length) when it lies inside one region; nil otherwise.
     @inline(__always)
     public func translate(guestPhysical gpa: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
+        GuestMemory.translate(regions, guestPhysical: gpa, length: length)
+    }
+
+    /// The same over a region table held without a reference to its owner (the data path keeps
+    /// one per ring, valid while the ring holds the `GuestMemory`).
+    @inline(__always)
+    public static func translate(_ regions: UnsafeMutableBufferPointer<MappedRegion>, guestPhysical gpa: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
         for i in 0..<regions.count {
             let r = regions[i]
             let off = gpa &- r.guestPhysicalAddress
@@ -135,6 +142,11 @@ public final class GuestMemory: @unchecked Sendable {
     /// Used to split a buffer that spans two regions.
     @inline(__always)
     public func translatePrefix(guestPhysical gpa: UInt64, length: UInt64) -> (UnsafeMutableRawPointer, UInt64)? {
+        GuestMemory.translatePrefix(regions, guestPhysical: gpa, length: length)
+    }
+
+    @inline(__always)
+    public static func translatePrefix(_ regions: UnsafeMutableBufferPointer<MappedRegion>, guestPhysical gpa: UInt64, length: UInt64) -> (UnsafeMutableRawPointer, UInt64)? {
         for i in 0..<regions.count {
             let r = regions[i]
             let off = gpa &- r.guestPhysicalAddress

@@ -68,7 +68,11 @@ public final class SplitQueue: @unchecked Sendable {
     private var descriptors: UnsafeMutableRawPointer?
     private var avail: UnsafeMutableRawPointer?
     private var used: UnsafeMutableRawPointer?
-    public private(set) var memory: GuestMemory?
+    public private(set) var memory: GuestMemory? {
+        didSet { regions = memory?.regions ?? UnsafeMutableBufferPointer(start: nil, count: 0) }
+    }
+    /// `memory`'s region table, used by the data path without touching the object's reference count.
+    private var regions = UnsafeMutableBufferPointer<MappedRegion>(start: nil, count: 0)
 
     /// Next avail entry to take (free-running 16-bit).
     public var lastAvailIndex: UInt16 = 0 {
@@ -77,8 +81,9 @@ public final class SplitQueue: @unchecked Sendable {
     /// The guest's avail->idx as last read. Reading it costs a cache miss (the guest writes that
     /// line all the time), so it is re-read only when what it promised has been consumed.
     private var cachedAvailIndex: UInt16 = 0
-    /// Avail entries up to here have had their descriptors and buffers prefetched.
-    private var prefetchedUntil: UInt16 = 0
+    /// Avail entries up to here have had their descriptors (buffers) prefetched.
+    private var descriptorsPrefetched: UInt16 = 0
+    private var buffersPrefetched: UInt16 = 0
     /// Our copy of used->idx (we are its only writer).
     public private(set) var usedIndex: UInt16 = 0
     private var signalledUsedIndex: UInt16 = 0
@@ -200,31 +205,32 @@ public final class SplitQueue: @unchecked Sendable {
 
     /// Starts loading the descriptors and first buffer lines of the next available chains, so
     /// that the misses on lines the guest just wrote overlap instead of stalling one by one.
-    /// Reads nothing it would trust: addresses are only used as prefetch hints.
+    /// Descriptors are prefetched up to `count` entries ahead; buffers (whose address needs the
+    /// descriptor) only half as far, so a descriptor is read after its prefetch had time to land.
+    /// Nothing read here is trusted: addresses are only prefetch hints.
     @inline(__always)
     public func prefetch(upTo count: Int, writable: Bool) {
-        guard let avail, let descriptors, let memory else { return }
+        guard let avail, let descriptors else { return }
         let available = Int(cachedAvailIndex &- lastAvailIndex)
-        let start = Int(prefetchedUntil &- lastAvailIndex) < 0x8000 ? prefetchedUntil : lastAvailIndex
-        let end = lastAvailIndex &+ UInt16(truncatingIfNeeded: min(count, available))
-        var i = start
-        while i != end && Int(end &- i) < 0x8000 {
-            let head = Int(Self.load16(avail + 4 + 2 * (Int(i) & mask))) & mask
-            let d = descriptors + 16 * head
-            cvh_prefetch_read(d)
+        let descriptorEnd = lastAvailIndex &+ UInt16(truncatingIfNeeded: min(count, available))
+        var i = Int(descriptorsPrefetched &- lastAvailIndex) < 0x8000 ? descriptorsPrefetched : lastAvailIndex
+        while Int(descriptorEnd &- i) & 0xffff < 0x8000 && i != descriptorEnd {
+            cvh_prefetch_read(descriptors + 16 * (Int(Self.load16(avail + 4 + 2 * (Int(i) & mask))) & mask))
             i &+= 1
         }
-        i = start
-        while i != end && Int(end &- i) < 0x8000 {
-            let head = Int(Self.load16(avail + 4 + 2 * (Int(i) & mask))) & mask
-            let d = descriptors + 16 * head
+        descriptorsPrefetched = descriptorEnd
+        let regions = self.regions
+        let bufferEnd = lastAvailIndex &+ UInt16(truncatingIfNeeded: min(count / 2, available))
+        i = Int(buffersPrefetched &- lastAvailIndex) < 0x8000 ? buffersPrefetched : lastAvailIndex
+        while Int(bufferEnd &- i) & 0xffff < 0x8000 && i != bufferEnd {
+            let d = descriptors + 16 * (Int(Self.load16(avail + 4 + 2 * (Int(i) & mask))) & mask)
             let addr = UInt64(littleEndian: d.loadUnaligned(as: UInt64.self))
-            if let host = memory.translate(guestPhysical: addr, length: 1) {
+            if let host = GuestMemory.translate(regions, guestPhysical: addr, length: 1) {
                 if writable { cvh_prefetch_write(host) } else { cvh_prefetch_read(host) }
             }
             i &+= 1
         }
-        prefetchedUntil = end
+        buffersPrefetched = bufferEnd
     }
 
     /// Gives back the last `count` chains taken (used when a receiver runs out of room midway).
@@ -233,7 +239,8 @@ public final class SplitQueue: @unchecked Sendable {
     }
 
     private func walk(head: UInt16, writable: Bool, into segments: SegmentList) -> Result<Int, ChainError> {
-        guard let memory else { return .failure(.outOfMemory) }
+        let regions = self.regions
+        guard regions.count > 0 else { return .failure(.outOfMemory) }
         var table = descriptors!
         var tableSize = size
         var index = Int(head)
@@ -259,7 +266,7 @@ public final class SplitQueue: @unchecked Sendable {
                 guard !inIndirect else { return .failure(.nestedIndirect) }
                 guard flags & 1 == 0, visited == 1 else { return .failure(.indirectWithNext) }
                 guard len > 0, len % 16 == 0, Int(len / 16) <= size else { return .failure(.badIndirectLength) }
-                guard let t = memory.translate(guestPhysical: addr, length: UInt64(len)) else {
+                guard let t = GuestMemory.translate(regions, guestPhysical: addr, length: UInt64(len)) else {
                     return .failure(.indirectOutOfMemory)
                 }
                 table = t
@@ -275,7 +282,7 @@ public final class SplitQueue: @unchecked Sendable {
             var gpa = addr
             var remaining = UInt64(len)
             while remaining > 0 {
-                guard let (host, n) = memory.translatePrefix(guestPhysical: gpa, length: remaining) else {
+                guard let (host, n) = GuestMemory.translatePrefix(regions, guestPhysical: gpa, length: remaining) else {
                     return .failure(.outOfMemory)
                 }
                 guard count < capacity else { return .failure(.tooManySegments) }
