@@ -306,7 +306,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
         let first = writer.segments[0]
         if first.length >= length {
             header.store(to: first.base, length: length)
-            _ = writer.skipWritable(length)
+            _ = writer.skip(length)
         } else {
             var raw: (UInt64, UInt64) = (0, 0)
             withUnsafeMutableBytes(of: &raw) { buf in
@@ -351,20 +351,5 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
 
     public override func finishSleeping() {
         for r in readyTX { r.queue._withUnsafeGuaranteedRef { $0.disableKicks() } }
-    }
-}
-
-extension SegmentWriter {
-    /// Advances over `length` bytes already written in place.
-    @inline(__always)
-    mutating func skipWritable(_ length: Int) -> Int {
-        var done = 0
-        while done < length && index < count {
-            let n = Swift.min(segments[index].length &- offset, length &- done)
-            done &+= n
-            offset &+= n
-            if offset == segments[index].length { index &+= 1; offset = 0 }
-        }
-        return done
     }
 }

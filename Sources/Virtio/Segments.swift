@@ -81,6 +81,18 @@ public struct SegmentWriter {
         self.count = count
     }
 
+    /// Advances over `length` bytes (written in place by the caller); returns the number skipped.
+    @inline(__always)
+    public mutating func skip(_ length: Int) -> Int {
+        var cursor = SegmentCursor(segments: segments, count: count)
+        cursor.index = index
+        cursor.offset = offset
+        let n = cursor.skip(length)
+        index = cursor.index
+        offset = cursor.offset
+        return n
+    }
+
     /// Bytes still writable.
     public var remaining: Int {
         var r = 0

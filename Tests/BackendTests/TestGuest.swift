@@ -1,4 +1,5 @@
 import Glibc
+import TestSupport
 import Logging
 import VALESwitch
 @testable import VhostNetmapBackend
@@ -18,18 +19,6 @@ let quietLogger: Logger = {
     l.logLevel = .critical
     return l
 }()
-
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 func ethernet(to dst: [UInt8], from src: [UInt8], payload: Int, seed: UInt8 = 0) -> [UInt8] {
     dst + src + [0x08, 0x00] + (0..<payload).map { UInt8(truncatingIfNeeded: $0 &+ Int(seed)) }

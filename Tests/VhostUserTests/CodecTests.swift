@@ -1,20 +1,8 @@
 import Glibc
 import Testing
+import TestSupport
 import VhostSystem
 @testable import VhostUser
-
-/// SplitMix64: a small seeded generator so every randomised case can be replayed.
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 func message(_ request: VhostUserRequest, _ payload: [UInt8] = [], fds: [OwnedDescriptor] = [], flags: UInt32 = 1) -> VhostUserMessage {
     VhostUserMessage(header: MessageHeader(request: request.rawValue, flags: flags, size: UInt32(payload.count)),
