@@ -29,6 +29,7 @@ if [ -z "${SKIP_INTEGRATION:-}" ]; then
     echo "== $*"
     if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
   }
+  run Tests/Integration/cli.sh
   run Tests/Integration/testpmd-switching.sh ""
   run Tests/Integration/testpmd-switching.sh ",mrg_rxbuf=0,queue_size=1024"
   run Tests/Integration/testpmd-switching.sh ",mrg_rxbuf=1,queue_size=256"

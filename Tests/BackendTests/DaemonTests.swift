@@ -261,3 +261,21 @@ final class RunningDaemon: @unchecked Sendable {
         #expect(!FileManager.default.fileExists(atPath: "\(dir)/control.sock"))
     }
 }
+
+@Suite struct InheritedConnection {
+    /// `--fd N`: the daemon serves an already-connected socket and stops when it closes.
+    @Test func servesAnInheritedSocketAndStopsWhenItCloses() throws {
+        let (ours, theirs) = try UnixSocket.pair()
+        let spec = PortSpec(switchName: "vale0", portName: "fd", socketPath: nil, inheritedDescriptor: dup(theirs.rawValue))
+        let daemon = try Daemon(options: DaemonOptions(ports: [spec]), logger: quietLogger)
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var code: Int32 = -1
+        Thread { code = daemon.run(); done.signal() }.start()
+        let fe = VhostUserFrontEnd(socket: ours)
+        #expect(try fe.callU64(.getFeatures) == VhostNetDevice.offeredFeatures.rawValue)
+        #expect(try fe.callU64(.getQueueNum) == 1)
+        shutdown(ours.rawValue, Int32(SHUT_RDWR))
+        #expect(done.wait(timeout: .now() + 10) == .success)
+        #expect(code == 0)
+    }
+}
