@@ -7,7 +7,9 @@
 # Candidates, interleaved A/B/A/B on the same machine:
 #   vhost-netmap  two ports of one embedded switch (busy-poll worker pinned to CPU 0)
 #   dpdk-vhost    dpdk-testpmd with two net_vhost ports in io forwarding (forwarding lcore on CPU 0)
-#   ovs-dpdk      (with BENCH_OVS=1, where openvswitch-switch-dpdk is installed) two dpdkvhostuser ports
+#   ovs-dpdk      OVS-DPDK (openvswitch-switch-dpdk, installed here if missing; BENCH_OVS=0 skips it):
+#                 two dpdkvhostuser ports, flows 1->2 and 2->1, PMD on CPU 0, on 2 MiB hugepages
+#                 that this script mounts and gives back at exit
 # The front-end's forwarding lcore is on CPU 1. Prints per-round Mpps (sum of both ports' RX),
 # Gbit/s, the medians and the ratio vhost-netmap / dpdk-vhost for each frame size.
 # usage: bench/loop-bench.sh [SECONDS=15] [ROUNDS=3] [SIZES="64 1518"]
@@ -16,8 +18,19 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SECS=${1:-15}; ROUNDS=${2:-3}; SIZES=${3:-64 1518}
 BIN=$ROOT/.build/release/vhost-netmap
 W=$(mktemp -d /tmp/vn-bench.XXXXXX)
-trap 'pkill -INT -f "file-prefix=vnb" 2>/dev/null; [ -n "${DP:-}" ] && kill -INT $DP 2>/dev/null; sleep 1; rm -rf /var/run/dpdk/vnb* "$W"' EXIT
+OVS=${BENCH_OVS:-1}
+HUGE_BEFORE=$(cat /proc/sys/vm/nr_hugepages)
+cleanup() {
+  pkill -INT -f "file-prefix=vnb" 2>/dev/null; [ -n "${DP:-}" ] && kill -INT $DP 2>/dev/null
+  stop_ovs; sleep 1; rm -rf /var/run/dpdk/vnb* "$W"
+  [ -n "${MOUNTED_HUGE:-}" ] && umount /dev/hugepages 2>/dev/null
+  echo "$HUGE_BEFORE" > /proc/sys/vm/nr_hugepages
+}
+trap cleanup EXIT
 "$ROOT/scripts/install-deps.sh" test >/dev/null || exit 1
+if [ "$OVS" = 1 ] && [ ! -x /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openvswitch-switch-dpdk >/dev/null 2>&1 || { echo "(OVS-DPDK not installable: skipped)"; OVS=0; }
+fi
 (cd "$ROOT" && swift build -c release >/dev/null 2>&1) || { echo "release build failed"; exit 1; }
 
 wait_quiet() { # until the 2-vCPU machine is < 10% busy over 2 s (max 60 s)
@@ -54,30 +67,64 @@ run_vhost_netmap() { # SIZE
 run_dpdk_vhost() { # SIZE
   rm -f "$W"/v0.sock "$W"/v1.sock
   # Non-interactive testpmd quits when stdin reaches EOF: give it one that stays open.
-  sleep $((SECS * 4 + 60)) 2>/dev/null | stdbuf -oL dpdk-testpmd --file-prefix=vnbvh --no-pci --no-huge -m 1024 --lcores '0@0,1@0' --log-level=lib.eal:error \
+  ( sleep $((SECS * 4 + 60)) 2>/dev/null | stdbuf -oL dpdk-testpmd --file-prefix=vnbvh --no-pci --no-huge -m 1024 --lcores '0@0,1@0' --log-level=lib.eal:error \
     --vdev "net_vhost0,iface=$W/v0.sock,queues=1" --vdev "net_vhost1,iface=$W/v1.sock,queues=1" -- \
-    --forward-mode=io --nb-cores=1 --txd=1024 --rxd=1024 --total-num-mbufs=65536 --stats-period 0 > "$W/vhost-$1.log" 2>&1 &
+    --forward-mode=io --nb-cores=1 --txd=1024 --rxd=1024 --total-num-mbufs=65536 --stats-period 0 > "$W/vhost-$1.log" 2>&1 ) &
   local vp=$!
   for _ in $(seq 100); do [ -S "$W/v1.sock" ] && break; sleep 0.05; done
   frontend "$W/v0.sock" "$W/v1.sock" "$1" "dv-$1"
-  pkill -INT -f "file-prefix=vnbvh"; wait $vp 2>/dev/null
-  pkill -f "^sleep $((SECS * 4 + 60))$" 2>/dev/null
+  pkill -INT -f "file-prefix=vnbvh"; pkill -f "^sleep $((SECS * 4 + 60))$"; wait $vp 2>/dev/null
 }
 
+OVSD=$W/ovs
+stop_ovs() {
+  [ -f "$OVSD/ovs-vswitchd.pid" ] && kill "$(cat "$OVSD/ovs-vswitchd.pid")" 2>/dev/null
+  [ -f "$OVSD/ovsdb-server.pid" ] && kill "$(cat "$OVSD/ovsdb-server.pid")" 2>/dev/null
+  sleep 0.5; rm -rf "$OVSD"
+}
+start_ovs() { # a private OVS-DPDK under $OVSD (no systemd, no kernel datapath)
+  mkdir -p "$OVSD"
+  export OVS_RUNDIR=$OVSD OVS_LOGDIR=$OVSD OVS_DBDIR=$OVSD
+  local vs="ovs-vsctl --timeout=20 --db=unix:$OVSD/db.sock"
+  ovsdb-tool create "$OVSD/conf.db" /usr/share/openvswitch/vswitch.ovsschema
+  ovsdb-server "$OVSD/conf.db" --remote=punix:"$OVSD/db.sock" --pidfile="$OVSD/ovsdb-server.pid" --unixctl="$OVSD/ovsdb-server.ctl" --log-file="$OVSD/ovsdb-server.log" --detach || return 1
+  $vs --no-wait init
+  $vs --no-wait set Open_vSwitch . other_config:dpdk-init=true other_config:dpdk-socket-mem=256 \
+     other_config:dpdk-lcore-mask=0x1 other_config:pmd-cpu-mask=0x1 other_config:dpdk-extra="--no-pci --file-prefix=vnbovs"
+  /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk unix:"$OVSD/db.sock" --pidfile="$OVSD/ovs-vswitchd.pid" --unixctl="$OVSD/ovs-vswitchd.ctl" --log-file="$OVSD/ovs-vswitchd.log" --detach || return 1
+  $vs add-br br0 -- set bridge br0 datapath_type=netdev
+  $vs add-port br0 vhu0 -- set Interface vhu0 type=dpdkvhostuser ofport_request=1
+  $vs add-port br0 vhu1 -- set Interface vhu1 type=dpdkvhostuser ofport_request=2
+  ovs-ofctl del-flows br0 && ovs-ofctl add-flow br0 in_port=1,actions=output:2 && ovs-ofctl add-flow br0 in_port=2,actions=output:1
+}
+run_ovs() { # SIZE
+  if ! start_ovs > "$W/ovs-start.log" 2>&1; then stop_ovs; echo 0; return; fi
+  frontend "$OVSD/vhu0" "$OVSD/vhu1" "$1" "ovs-$1"
+  stop_ovs
+}
+if [ "$OVS" = 1 ]; then
+  [ "$HUGE_BEFORE" -lt 256 ] && echo 256 > /proc/sys/vm/nr_hugepages
+  mkdir -p /dev/hugepages
+  mountpoint -q /dev/hugepages || { mount -t hugetlbfs nodev /dev/hugepages && MOUNTED_HUGE=1; }
+fi
+
 median() { sort -n | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
-gbps() { awk -v m="$1" -v s="$2" 'BEGIN {printf "%.2f", m * 1e6 * (s + 24) * 8 / 1e9}'; } # wire bits incl. preamble+IFG+FCS... approx
+gbps() { awk -v m="$1" -v s="$2" 'BEGIN {printf "%.2f", m * 1e6 * s * 8 / 1e9}'; } # frame bits (no preamble or gap)
 
 echo "vhost-netmap loop benchmark: ${SECS}s rounds x $ROUNDS, sizes: $SIZES ($(date -u +%FT%TZ), $(nproc) CPUs)"
 for size in $SIZES; do
-  : > "$W/vn-$size.r"; : > "$W/dv-$size.r"
+  : > "$W/vn-$size.r"; : > "$W/dv-$size.r"; : > "$W/ovs-$size.r"
   for r in $(seq "$ROUNDS"); do
     wait_quiet
     a=$(run_vhost_netmap "$size"); echo "$a" >> "$W/vn-$size.r"
     wait_quiet
     b=$(run_dpdk_vhost "$size"); echo "$b" >> "$W/dv-$size.r"
-    echo "  ${size}B round $r: vhost-netmap $a Mpps | dpdk-vhost $b Mpps"
+    c=n/a
+    if [ "$OVS" = 1 ]; then wait_quiet; c=$(run_ovs "$size"); echo "$c" >> "$W/ovs-$size.r"; fi
+    echo "  ${size}B round $r: vhost-netmap $a Mpps | dpdk-vhost $b Mpps | ovs-dpdk $c Mpps"
   done
   ma=$(median < "$W/vn-$size.r"); mb=$(median < "$W/dv-$size.r")
   ratio=$(awk -v a="$ma" -v b="$mb" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}')
-  echo "${size}B median: vhost-netmap $ma Mpps ($(gbps "$ma" "$size") Gbit/s) | dpdk-vhost $mb Mpps ($(gbps "$mb" "$size") Gbit/s) | ratio $ratio"
+  mc=n/a; [ "$OVS" = 1 ] && mc=$(median < "$W/ovs-$size.r")
+  echo "${size}B median: vhost-netmap $ma Mpps ($(gbps "$ma" "$size") Gbit/s) | dpdk-vhost $mb Mpps ($(gbps "$mb" "$size") Gbit/s) | ovs-dpdk $mc Mpps | ratio vhost-netmap/dpdk-vhost $ratio"
 done
