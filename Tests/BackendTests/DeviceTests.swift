@@ -51,11 +51,7 @@ import Virtio
     }
 
     @Test func mergeableSpreadsLargeFramesOverSeveralBuffers() throws {
-        let vale = VALESwitch(name: "vale0")
-        let a = try TestGuest("a", on: vale, mac: 1)
-        let b = try TestGuest("b", on: vale, mac: 2)
-        try a.start()
-        try b.start()
+        let (vale, a, b) = try startedPair()
         b.postReceiveBuffers(64, size: 512)
         let big = ethernet(to: b.mac, from: a.mac, payload: 9000)
         a.send(big)
@@ -83,11 +79,7 @@ import Virtio
     }
 
     @Test func fullRingDropsAndCountsAndCallsFollowEventIndex() throws {
-        let vale = VALESwitch(name: "vale0")
-        let a = try TestGuest("a", on: vale, mac: 1)
-        let b = try TestGuest("b", on: vale, mac: 2)
-        try a.start()
-        try b.start()
+        let (vale, a, b) = try startedPair()
         b.postReceiveBuffers(10)
         b.rx[0].setUsedEvent(0)
         for _ in 0..<25 { a.send(ethernet(to: [0xff, 0xff, 0xff, 0xff, 0xff, 0xff], from: a.mac, payload: 50)) }
@@ -100,11 +92,7 @@ import Virtio
     }
 
     @Test func offloadHeaderPassesThroughUnchanged() throws {
-        let vale = VALESwitch(name: "vale0")
-        let a = try TestGuest("a", on: vale, mac: 1)
-        let b = try TestGuest("b", on: vale, mac: 2)
-        try a.start()
-        try b.start()
+        let (vale, a, b) = try startedPair()
         b.postReceiveBuffers(8, size: 4096)
         var h = VirtioNetHeader()
         h.flags = VirtioNetHeader.needsChecksum
@@ -156,11 +144,7 @@ import Virtio
     }
 
     @Test func disabledRingDoesNotReceiveAndStoppedRingReportsBase() throws {
-        let vale = VALESwitch(name: "vale0")
-        let a = try TestGuest("a", on: vale, mac: 1)
-        let b = try TestGuest("b", on: vale, mac: 2)
-        try a.start()
-        try b.start()
+        let (vale, a, b) = try startedPair()
         b.postReceiveBuffers(8)
         try b.handle(message(.setVringEnable, VringState(index: 0, num: 0).encoded()))
         a.send(ethernet(to: b.mac, from: a.mac, payload: 50))
@@ -221,11 +205,7 @@ import Virtio
     }
 
     @Test func rarpAnnouncementIsFlooded() throws {
-        let vale = VALESwitch(name: "vale0")
-        let a = try TestGuest("a", on: vale, mac: 1)
-        let b = try TestGuest("b", on: vale, mac: 2)
-        try a.start()
-        try b.start()
+        let (vale, a, b) = try startedPair()
         b.postReceiveBuffers(4)
         try a.handle(message(.sendRARP, a.mac + [0, 0]))
         pump(vale)
@@ -237,11 +217,7 @@ import Virtio
     }
 
     @Test func resetStopsEverythingAndForgetsAddresses() throws {
-        let vale = VALESwitch(name: "vale0")
-        let a = try TestGuest("a", on: vale, mac: 1)
-        let b = try TestGuest("b", on: vale, mac: 2)
-        try a.start()
-        try b.start()
+        let (vale, a, b) = try startedPair()
         b.postReceiveBuffers(4)
         a.send(ethernet(to: b.mac, from: a.mac, payload: 50))
         pump(vale)

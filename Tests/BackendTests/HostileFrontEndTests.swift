@@ -234,11 +234,7 @@ import Virtio
     }
 
     @Test func badChainsAreCompletedWithZeroAndCounted() throws {
-        let vale = VALESwitch(name: "vale0")
-        let a = try TestGuest("a", on: vale, mac: 1)
-        let b = try TestGuest("b", on: vale, mac: 2)
-        try a.start()
-        try b.start()
+        let (vale, a, b) = try startedPair()
         b.postReceiveBuffers(8)
         let q = a.tx[0]
         q.writeDescriptor(0, address: UInt64(a.memory.size) + 5, length: 100, flags: 0, next: 0) // outside memory

@@ -160,6 +160,16 @@ extension DriverQueue {
     }
 }
 
+/// A switch with two guests, `a` (MAC ...:01) and `b` (...:02), both started with every offered feature.
+func startedPair() throws -> (VALESwitch, TestGuest, TestGuest) {
+    let vale = VALESwitch(name: "vale0")
+    let a = try TestGuest("a", on: vale, mac: 1)
+    let b = try TestGuest("b", on: vale, mac: 2)
+    try a.start()
+    try b.start()
+    return (vale, a, b)
+}
+
 func pump(_ vale: VALESwitch, passes: Int = 64) {
     for _ in 0..<passes {
         if vale.lock.withLock({ _ in vale.runPass(budget: 32) }) == 0 { return }
