@@ -9,7 +9,6 @@ final class Connection {
     let device: VhostNetDevice
     private let reader = MessageReader()
     private let logger: Logger
-    private(set) var messages = 0
 
     init(socket: OwnedDescriptor, device: VhostNetDevice, logger: Logger) {
         self.socket = socket
@@ -33,7 +32,6 @@ final class Connection {
             case .wouldBlock: return .open
             case .closed: return .closed("front-end closed the connection")
             case .message(let m):
-                messages += 1
                 if case .closed(let why) = dispatch(m) { return .closed(why) }
             }
         }

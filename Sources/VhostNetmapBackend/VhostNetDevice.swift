@@ -46,7 +46,6 @@ public final class VhostNetDevice: @unchecked Sendable {
     private(set) var protocolFeatures: ProtocolFeatures = []
     /// SET_PROTOCOL_FEATURES was received: QEMU then sends SET_VRING_ENABLE even before SET_FEATURES.
     private var protocolFeaturesNegotiated = false
-    private var owned = false
     public private(set) var mtu: Int = 1500
 
     public init(name: String, queuePairs: Int, vale: VALESwitch, logger: Logger, wakeWorker: @escaping () -> Void) throws {
@@ -104,7 +103,7 @@ public final class VhostNetDevice: @unchecked Sendable {
             protocolFeatures = p
             protocolFeaturesNegotiated = true
         case .setOwner:
-            owned = true
+            break // one front-end per connection: ownership needs no state
         case .resetOwner:
             reset(reason: "RESET_OWNER")
         case .getQueueNum:
@@ -140,9 +139,8 @@ public final class VhostNetDevice: @unchecked Sendable {
             v.base = UInt16(s.num)
         case .getVringBase:
             let s = m.withPayload { VringState($0) }
-            let v = try vring(s.index, r)
+            _ = try vring(s.index, r) // validates the index
             let base = stop(Int(s.index))
-            _ = v
             return .reply(VringState(index: s.index, num: UInt32(base)).encoded())
         case .setVringKick:
             let p = VringDescriptorPayload(m.withPayload { $0.u64 })!
@@ -253,10 +251,9 @@ public final class VhostNetDevice: @unchecked Sendable {
         }
         // Running rings move to the new table; one whose layout falls outside it is refused
         // before anything changes. The old mappings go away once nothing holds them.
-        for (i, v) in vrings.enumerated() where v.started {
+        for v in vrings where v.started {
             guard let a = v.addresses else { continue }
             try checkLayout(a, size: v.size, memory: newMemory, .setMemTable)
-            _ = i
         }
         try withDatapathPaused { () throws(ProtocolError) in
             memory = newMemory
@@ -316,7 +313,6 @@ public final class VhostNetDevice: @unchecked Sendable {
             featuresSet = false
             protocolFeatures = []
             protocolFeaturesNegotiated = false
-            owned = false
             port.pendingAnnouncement = nil
             vale.learning.forget(port: portIndex)
         }

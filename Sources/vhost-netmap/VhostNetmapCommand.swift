@@ -106,22 +106,11 @@ struct Serve: ParsableCommand {
 
 /// Sends one command line to the daemon's control socket and prints the answer.
 func controlRequest(_ command: String, control: String) throws {
-        let socket: OwnedDescriptor
-        do {
-            socket = try UnixSocket.connect(path: control, nonBlocking: false)
-        } catch {
-            throw ValidationError("cannot reach the daemon at \(control): \(error)")
-        }
-        let request = Array("\(command)\n".utf8)
-        try request.withUnsafeBytes { try UnixSocket.send(socket.rawValue, $0) }
-        var output = [UInt8]()
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(socket.rawValue, $0.baseAddress, $0.count) }
-            if n <= 0 { break }
-            output += chunk[0..<n]
-        }
-        FileHandle.standardOutput.write(Data(output))
+    do {
+        FileHandle.standardOutput.write(Data(try ControlClient.request(command, socket: control)))
+    } catch {
+        throw ValidationError("cannot reach the daemon at \(control): \(error)")
+    }
 }
 
 struct Stats: ParsableCommand {

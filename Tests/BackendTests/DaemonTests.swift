@@ -107,16 +107,8 @@ final class RunningDaemon: @unchecked Sendable {
     }
 
     func stats() throws -> [String: Any] {
-        let s = try UnixSocket.connect(path: "\(directory)/control.sock", nonBlocking: false)
-        try Array("stats\n".utf8).withUnsafeBytes { try UnixSocket.send(s.rawValue, $0) }
-        var out = [UInt8]()
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(s.rawValue, $0.baseAddress, $0.count) }
-            if n <= 0 { break }
-            out += chunk[0..<n]
-        }
-        return try JSONSerialization.jsonObject(with: Data(out)) as! [String: Any]
+        let answer = try ControlClient.request("stats", socket: "\(directory)/control.sock")
+        return try JSONSerialization.jsonObject(with: Data(answer)) as! [String: Any]
     }
 
     func port(_ portName: String) throws -> [String: Any] {
