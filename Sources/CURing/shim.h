@@ -4,7 +4,60 @@
 #include <sys/socket.h>
 #include <sys/eventfd.h>
 #include <poll.h>
+#include <string.h>
+#include <unistd.h>
 // swift-system's CSystem includes the kernel's <linux/io_uring.h>; liburing ships a copy under the
 // same include guard. Taking the kernel's first gives both modules one definition to merge.
 #include <linux/io_uring.h>
 #include <liburing.h>
+
+// recvmsg through io_uring: the msghdr, iovec and control buffer must stay put until the
+// completion, so they live together in one slot that the caller allocates.
+#define CUR_MAX_FDS 32
+struct cur_recv_slot {
+    struct msghdr msg;
+    struct iovec iov;
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * CUR_MAX_FDS)];
+        struct cmsghdr align;
+    } control;
+};
+
+static inline void cur_prep_recvmsg(struct io_uring_sqe *sqe, int fd, struct cur_recv_slot *slot,
+                                    void *buf, size_t len) {
+    memset(&slot->msg, 0, sizeof(slot->msg));
+    slot->iov.iov_base = buf;
+    slot->iov.iov_len = len;
+    slot->msg.msg_iov = &slot->iov;
+    slot->msg.msg_iovlen = 1;
+    slot->msg.msg_control = slot->control.buf;
+    slot->msg.msg_controllen = sizeof(slot->control.buf);
+    io_uring_prep_recvmsg(sqe, fd, &slot->msg, MSG_CMSG_CLOEXEC);
+}
+
+/// After a recvmsg completion: copies up to `maxfds` SCM_RIGHTS descriptors to `fds`, closes
+/// the rest (counted in *dropped), and reports control-data truncation. Returns the count stored.
+static inline int cur_take_fds(struct cur_recv_slot *slot, int *fds, int maxfds, int *dropped, int *truncated) {
+    int stored = 0;
+    *dropped = 0;
+    *truncated = (slot->msg.msg_flags & MSG_CTRUNC) != 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&slot->msg); c != NULL; c = CMSG_NXTHDR(&slot->msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int *p = (int *)CMSG_DATA(c);
+        for (int i = 0; i < n; i++) {
+            int fd;
+            memcpy(&fd, p + i, sizeof(int));
+            if (stored < maxfds) fds[stored++] = fd;
+            else { close(fd); (*dropped)++; }
+        }
+    }
+    return stored;
+}
+
+static inline void cur_prep_multishot_accept(struct io_uring_sqe *sqe, int fd) {
+    io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+}
+
+static const unsigned int CUR_CQE_F_MORE = IORING_CQE_F_MORE;
+static const unsigned char CUR_SQE_FIXED_FILE = IOSQE_FIXED_FILE;

@@ -1,5 +1,6 @@
 import Glibc
 import Logging
+import URing
 import VhostSystem
 import VhostUser
 
@@ -18,22 +19,26 @@ final class Connection {
 
     enum Outcome { case open, closed(String) }
 
-    /// Handles everything readable now. A framing error, or a refused message that the
-    /// front-end did not ask an ACK for, closes the connection (with a log line).
-    func service() -> Outcome {
-        while true {
-            let event: MessageReader.Event
-            do {
-                event = try reader.read(from: socket.rawValue)
-            } catch {
-                return .closed("protocol error: \(error)")
+    /// Bytes the next receive may take (the rest of the current message, so descriptors stay
+    /// with their message).
+    var wantedLength: Int { reader.wantedLength }
+
+    /// Handles one receive completion. A framing error, or a refused message that the front-end
+    /// did not ask an ACK for, closes the connection (with a log line).
+    func consume(_ received: EventLoop.Received) -> Outcome {
+        let descriptors = received.descriptors.map { OwnedDescriptor(adopting: $0) }
+        if let error = received.error {
+            return .closed("receive failed: \(String(cString: strerror(error)))")
+        }
+        if received.endOfStream { return .closed("front-end closed the connection") }
+        if received.descriptorsTruncated { return .closed("protocol error: \(ProtocolError.descriptorsTruncated)") }
+        do {
+            if let m = try reader.consume(received.bytes, descriptors: descriptors) {
+                return dispatch(m)
             }
-            switch event {
-            case .wouldBlock: return .open
-            case .closed: return .closed("front-end closed the connection")
-            case .message(let m):
-                if case .closed(let why) = dispatch(m) { return .closed(why) }
-            }
+            return .open
+        } catch {
+            return .closed("protocol error: \(error)")
         }
     }
 

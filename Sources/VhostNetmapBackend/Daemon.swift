@@ -6,6 +6,7 @@ import SystemPackage
 import URing
 import VALESwitch
 import VhostSystem
+import VhostUser
 
 public struct DaemonOptions: Sendable {
     public var ports: [PortSpec]
@@ -130,20 +131,20 @@ public final class Daemon: @unchecked Sendable {
     public func run() -> Int32 {
         for s in switches { s.worker.start() }
         watchSignals()
-        loop.watchReadable(stopRequest.rawValue) { [unowned self] _ in
+        loop.readRepeatedly(stopRequest.rawValue, length: 8) { [unowned self] _, _ in
             logger.notice("stop requested")
             loop.stop()
             return .stop
         }
         if let l = controlListener {
-            loop.watchReadable(l.rawValue) { [unowned self] _ in acceptControl(l.rawValue); return .keepWatching }
+            acceptConnections(on: l.rawValue, what: "control socket") { [unowned self] in serveControlClient($0) }
         }
         for e in endpoints {
             if let fd = e.spec.inheritedDescriptor {
                 attach(OwnedDescriptor(adopting: fd), to: e)
             } else if let l = e.listener {
                 logger.info("\(e.spec.fullName): listening on \(e.spec.socketPath!) (\(e.spec.queuePairs) queue pair(s))")
-                loop.watchReadable(l.rawValue) { [unowned self] _ in acceptFrontEnd(e); return .keepWatching }
+                acceptConnections(on: l.rawValue, what: e.spec.fullName) { [unowned self] in acceptFrontEnd($0, for: e) }
             } else {
                 connect(e)
             }
@@ -165,18 +166,20 @@ public final class Daemon: @unchecked Sendable {
         }
         let owned = OwnedDescriptor(adopting: fd)
         signalDescriptor = owned
-        loop.watchReadable(fd) { [unowned self] _ in
-            var info = signalfd_siginfo()
-            while withUnsafeMutableBytes(of: &info, { Glibc.read(fd, $0.baseAddress, $0.count) }) == MemoryLayout<signalfd_siginfo>.size {
-                switch Int32(info.ssi_signo) {
-                case SIGUSR1:
-                    logger.notice("statistics: \(statisticsJSON(pretty: false))")
-                case SIGHUP:
-                    logger.notice("SIGHUP ignored (no configuration file to reload)")
-                default:
-                    logger.notice("signal \(info.ssi_signo): stopping")
-                    loop.stop()
-                }
+        loop.readRepeatedly(fd, length: MemoryLayout<signalfd_siginfo>.size) { [unowned self] bytes, error in
+            guard error == nil, bytes.count == MemoryLayout<signalfd_siginfo>.size else {
+                logger.error("reading signalfd failed (\(error.map { String(cString: strerror($0)) } ?? "short read"))")
+                return .stop
+            }
+            let info = bytes.loadUnaligned(as: signalfd_siginfo.self)
+            switch Int32(info.ssi_signo) {
+            case SIGUSR1:
+                logger.notice("statistics: \(statisticsJSON(pretty: false))")
+            case SIGHUP:
+                logger.notice("SIGHUP ignored (no configuration file to reload)")
+            default:
+                logger.notice("signal \(info.ssi_signo): stopping")
+                loop.stop()
             }
             return .keepWatching
         }
@@ -189,15 +192,26 @@ public final class Daemon: @unchecked Sendable {
 
     // MARK: Front-end connections
 
-    private func acceptFrontEnd(_ e: Endpoint) {
-        guard let l = e.listener else { return }
-        while let socket = try? UnixSocket.accept(l.rawValue) {
-            if e.connection != nil {
-                logger.warning("\(e.spec.fullName): refused a second front-end while one is connected")
-                continue
+    /// Multishot accept on `listener`; on an error (e.g. out of descriptors) it pauses for 100 ms
+    /// rather than spin, then accepts again.
+    private func acceptConnections(on listener: CInt, what: String, _ body: @escaping (OwnedDescriptor) -> Void) {
+        loop.acceptConnections(on: listener) { [unowned self] result in
+            if result >= 0 {
+                body(OwnedDescriptor(adopting: result))
+                return .keepWatching
             }
-            attach(socket, to: e)
+            logger.warning("\(what): accept failed: \(String(cString: strerror(-result))); retrying in 100 ms")
+            loop.after(nanoseconds: 100_000_000) { [unowned self] in acceptConnections(on: listener, what: what, body) }
+            return .stop
         }
+    }
+
+    private func acceptFrontEnd(_ socket: OwnedDescriptor, for e: Endpoint) {
+        if e.connection != nil {
+            logger.warning("\(e.spec.fullName): refused a second front-end while one is connected")
+            return
+        }
+        attach(socket, to: e)
     }
 
     private func connect(_ e: Endpoint) {
@@ -221,10 +235,11 @@ public final class Daemon: @unchecked Sendable {
         e.connection = c
         e.connects += 1
         logger.info("\(e.spec.fullName): front-end connected")
-        e.connectionWatch = loop.watchReadable(socket.rawValue) { [unowned self] _ in
-            switch c.service() {
+        e.connectionWatch = loop.receiveMessages(on: socket.rawValue, capacity: MessageHeader.byteCount + MessageFraming.maxPayload,
+                                                 maxDescriptors: MemoryTable.maxRegions, firstLength: c.wantedLength) { [unowned self] received in
+            switch c.consume(received) {
             case .open:
-                return .keepWatching
+                return .receive(c.wantedLength)
             case .closed(let why):
                 disconnect(e, why: why)
                 return .stop
@@ -248,25 +263,24 @@ public final class Daemon: @unchecked Sendable {
 
     // MARK: Control socket
 
-    private func acceptControl(_ listener: CInt) {
-        while let client = try? UnixSocket.accept(listener) {
-            // One short request line per connection; a client that sends nothing is dropped
-            // after it is readable once, so it cannot hold the control thread.
-            loop.watchReadable(client.rawValue) { [unowned self] _ in
-                var buffer = [UInt8](repeating: 0, count: 256)
-                let n = buffer.withUnsafeMutableBytes { Glibc.read(client.rawValue, $0.baseAddress, $0.count) }
-                let line = n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : ""
-                let answer: String
-                switch line {
-                case "stats": answer = statisticsJSON(pretty: true)
-                case "fdb": answer = forwardingTableJSON()
-                case "ping": answer = "pong"
-                default: answer = "{\"error\": \"unknown command '\(line.prefix(32))'; try: stats, fdb, ping\"}"
-                }
-                let bytes = Array((answer + "\n").utf8)
-                bytes.withUnsafeBytes { _ = try? UnixSocket.send(client.rawValue, $0) }
-                return .stop
-            }
+    /// One short request line per connection, read through io_uring; the answer is sent and the
+    /// connection closed. A client that sends nothing is dropped after 5 s.
+    private func serveControlClient(_ client: OwnedDescriptor) {
+        let request = loop.readRepeatedly(client.rawValue, length: 256) { [unowned self] bytes, _ in
+            let line = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            let answer = controlAnswer(line)
+            Array((answer + "\n").utf8).withUnsafeBytes { _ = try? UnixSocket.send(client.rawValue, $0) }
+            return .stop
+        }
+        loop.after(nanoseconds: 5_000_000_000) { [unowned self] in loop.cancel(request) }
+    }
+
+    private func controlAnswer(_ line: String) -> String {
+        switch line {
+        case "stats": return statisticsJSON(pretty: true)
+        case "fdb": return forwardingTableJSON()
+        case "ping": return "pong"
+        default: return "{\"error\": \"unknown command '\(line.prefix(32))'; try: stats, fdb, ping\"}"
         }
     }
 

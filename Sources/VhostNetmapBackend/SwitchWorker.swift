@@ -7,7 +7,9 @@ import VhostSystem
 
 /// The thread that runs one switch's data path: it lets each port move a batch of frames,
 /// and when no port has work it re-enables guest kicks and sleeps on io_uring until a kick
-/// eventfd (or the control plane's wake-up) fires. In busy-poll mode it never sleeps.
+/// eventfd (or the control plane's wake-up) fires. Each wake-up descriptor has an io_uring read
+/// armed on it, so a kick is consumed by the completion itself (no poll-then-read). In busy-poll
+/// mode it never sleeps.
 public final class SwitchWorker: @unchecked Sendable {
     public static let batch = 32
 
@@ -18,6 +20,9 @@ public final class SwitchWorker: @unchecked Sendable {
     private let logger: Logger
     private let stopping = Atomic<Bool>(false)
     private var thread: pthread_t?
+    /// Where the kernel writes the 8-byte counters of consumed kicks; nobody reads them, so one
+    /// sink serves every armed read (it outlives the worker's ring).
+    private let kickSink = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)
 
     public init(vale: VALESwitch, busyPoll: Bool, cpu: Int?, logger: Logger) throws {
         self.vale = vale
@@ -26,6 +31,8 @@ public final class SwitchWorker: @unchecked Sendable {
         self.logger = logger
         wake = try EventFD.make()
     }
+
+    deinit { kickSink.deallocate() }
 
     /// Wakes the worker so it notices configuration changes (called by the control plane).
     public func poke() {
@@ -65,7 +72,7 @@ public final class SwitchWorker: @unchecked Sendable {
             logger.critical("switch \(vale.name): io_uring unavailable for the worker: \(error)")
             return
         }
-        ring.pollAdd(fd: wake.rawValue, userData: Self.wakeToken)
+        ring.read(fd: wake.rawValue, into: kickSink, length: 8, userData: Self.wakeToken)
         var armedGeneration: UInt64 = .max
         var armEpoch: UInt64 = 0
         var armed: [CInt] = []
@@ -85,10 +92,10 @@ public final class SwitchWorker: @unchecked Sendable {
                     if p.port.needsPolling { polled = true }
                 }
                 if vale.generation != armedGeneration {
-                    for i in armed.indices { ring.pollRemove(userData: armEpoch << 16 | UInt64(i)) }
+                    for i in armed.indices { ring.cancel(userData: armEpoch << 16 | UInt64(i)) }
                     armEpoch &+= 1
                     armed = vale.attachedPorts.flatMap { $0.port.wakeDescriptors() }
-                    for (i, fd) in armed.enumerated() { ring.pollAdd(fd: fd, userData: armEpoch << 16 | UInt64(i)) }
+                    for (i, fd) in armed.enumerated() { ring.read(fd: fd, into: kickSink, length: 8, userData: armEpoch << 16 | UInt64(i)) }
                     armedGeneration = vale.generation
                 }
                 if pending || polled {
@@ -99,12 +106,12 @@ public final class SwitchWorker: @unchecked Sendable {
             if mustStayAwake { continue }
 
             fired.removeAll(keepingCapacity: true)
-            ring.submitAndWait { token, _ in fired.append(token) }
+            ring.submitAndWait { c in if c.result > 0 { fired.append(c.userData) } }
             vale.lock.withLock { _ in
                 for token in fired {
                     if token == Self.wakeToken {
                         EventFD.drain(wake.rawValue)
-                        ring.pollAdd(fd: wake.rawValue, userData: Self.wakeToken)
+                        ring.read(fd: wake.rawValue, into: kickSink, length: 8, userData: Self.wakeToken)
                     } else if token >> 16 == armEpoch && vale.generation == armedGeneration {
                         // The descriptor table is unchanged since arming, so the number is still ours.
                         let i = Int(token & 0xffff)

@@ -101,31 +101,52 @@ public final class MessageReader {
         buffer = [UInt8](repeating: 0, count: MessageHeader.byteCount + MessageFraming.maxPayload)
     }
 
-    /// Reads what is available. Throws on a framing error or a socket error: the caller closes.
+    /// How many bytes the next receive may take: the rest of the current header or message,
+    /// never more, so descriptors stay with the message they came with.
+    public var wantedLength: Int {
+        let target = header.map { MessageHeader.byteCount + Int($0.size) } ?? MessageHeader.byteCount
+        return target - filled
+    }
+
+    /// Takes `bytes` (at most `wantedLength`) and the descriptors received with them. Returns the
+    /// message once it is complete. Throws on a framing error: the caller closes the connection.
+    public func consume(_ bytes: UnsafeRawBufferPointer, descriptors received: [OwnedDescriptor]) throws(ProtocolError) -> VhostUserMessage? {
+        precondition(bytes.count <= wantedLength, "received past the current message")
+        descriptors.append(contentsOf: received)
+        if descriptors.count > MemoryTable.maxRegions { throw .descriptorsTruncated }
+        buffer.withUnsafeMutableBytes { raw in
+            UnsafeMutableRawBufferPointer(rebasing: raw[filled..<filled + bytes.count]).copyMemory(from: bytes)
+        }
+        filled += bytes.count
+        if header == nil && filled == MessageHeader.byteCount {
+            let h = buffer.withUnsafeBytes { MessageHeader(UnsafeRawBufferPointer(rebasing: $0[0..<12])) }
+            request = try MessageFraming.validateHeader(h)
+            header = h
+        }
+        guard let h = header, let r = request, wantedLength == 0 else { return nil }
+        let end = MessageHeader.byteCount + Int(h.size)
+        let msg = VhostUserMessage(header: h, request: r, payload: Array(buffer[MessageHeader.byteCount..<end]),
+                                   descriptors: descriptors)
+        reset()
+        return msg
+    }
+
+    /// Reads what is available from a non-blocking socket (the synchronous form of `consume`).
+    /// Throws on a framing error or a socket error: the caller closes.
     public func read(from fd: CInt) throws -> Event {
+        var chunk = [UInt8](repeating: 0, count: MessageHeader.byteCount + MessageFraming.maxPayload)
         while true {
-            let target = header.map { MessageHeader.byteCount + Int($0.size) } ?? MessageHeader.byteCount
-            if filled == target, let h = header, let r = request {
-                let msg = VhostUserMessage(header: h, request: r,
-                                           payload: Array(buffer[MessageHeader.byteCount..<target]),
-                                           descriptors: descriptors)
-                reset()
-                return .message(msg)
-            }
-            let received = try buffer.withUnsafeMutableBytes { raw in
-                try UnixSocket.receive(fd, into: UnsafeMutableRawBufferPointer(rebasing: raw[filled..<target]))
+            let wanted = wantedLength
+            let received = try chunk.withUnsafeMutableBytes { raw in
+                try UnixSocket.receive(fd, into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<wanted]))
             }
             guard let received else { return .wouldBlock }
             if received.byteCount == 0 { return .closed }
             if received.controlTruncated || received.droppedDescriptors > 0 { throw ProtocolError.descriptorsTruncated }
-            descriptors.append(contentsOf: received.descriptors)
-            if descriptors.count > MemoryTable.maxRegions { throw ProtocolError.descriptorsTruncated }
-            filled += received.byteCount
-            if header == nil && filled == MessageHeader.byteCount {
-                let h = buffer.withUnsafeBytes { MessageHeader(UnsafeRawBufferPointer(rebasing: $0[0..<12])) }
-                request = try MessageFraming.validateHeader(h)
-                header = h
+            let message = try chunk.withUnsafeBytes { raw in
+                try consume(UnsafeRawBufferPointer(rebasing: raw[0..<received.byteCount]), descriptors: received.descriptors)
             }
+            if let message { return .message(message) }
         }
     }
 
