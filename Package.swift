@@ -8,6 +8,7 @@ import PackageDescription
 //   VhostUser             the vhost-user wire protocol: framing, payload codecs, feature bits
 //   Virtio                guest memory, split virtqueues (device side), descriptor chains, virtio-net header
 //   VALESwitch            the embedded VALE-compatible learning switch and its port abstraction
+//   HostPort              TAP host ports: the switch ↔ host network stack, I/O on io_uring fixed buffers
 //   VhostNetmapBackend    vhost-user devices as switch ports, the daemon, its threads and control socket
 //   vhost-netmap          the command line
 // The data-path modules skip Swift's dynamic exclusivity checks: their rings and ports are used by
@@ -46,8 +47,13 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
         ], swiftSettings: datapathSettings),
         .target(name: "VALESwitch", dependencies: ["Virtio"], swiftSettings: datapathSettings),
+        .target(name: "HostPort", dependencies: [
+            "VALESwitch", "Virtio", "URing", "VhostSystem",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "SystemPackage", package: "swift-system"),
+        ], swiftSettings: datapathSettings),
         .target(name: "VhostNetmapBackend", dependencies: [
-            "VhostUser", "Virtio", "VALESwitch", "URing", "VhostSystem",
+            "VhostUser", "Virtio", "VALESwitch", "URing", "VhostSystem", "HostPort",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: datapathSettings),
         .executableTarget(name: "vhost-netmap", dependencies: [
@@ -57,10 +63,11 @@ let package = Package(
         ]),
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "VhostSystem", "TestSupport"]),
+        .testTarget(name: "URingTests", dependencies: ["URing", "VhostSystem"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VhostSystem", "TestSupport"]),
         .testTarget(name: "VALESwitchTests", dependencies: ["VALESwitch", "Virtio", "VhostSystem"]),
         .testTarget(name: "BackendTests", dependencies: [
-            "VhostNetmapBackend", "VhostUser", "Virtio", "VALESwitch", "VhostSystem", "TestSupport",
+            "VhostNetmapBackend", "VhostUser", "Virtio", "VALESwitch", "VhostSystem", "TestSupport", "HostPort",
             .product(name: "Logging", package: "swift-log"),
         ]),
     ],

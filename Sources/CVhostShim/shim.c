@@ -119,3 +119,105 @@ int cvh_sockaddr_un(struct sockaddr_un *addr, const char *path) {
     memcpy(addr->sun_path, path, len + 1);
     return (int)(offsetof(struct sockaddr_un, sun_path) + len + 1);
 }
+
+// MARK: TAP devices
+
+#include <fcntl.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
+#include <linux/if_tun.h>
+
+const unsigned int CVH_TUN_F_CSUM = TUN_F_CSUM;
+const unsigned int CVH_TUN_F_TSO4 = TUN_F_TSO4;
+const unsigned int CVH_TUN_F_TSO6 = TUN_F_TSO6;
+const unsigned int CVH_TUN_F_TSO_ECN = TUN_F_TSO_ECN;
+
+int cvh_tap_open(const char *name, int multiqueue) {
+    if (strlen(name) >= IFNAMSIZ) return -ENAMETOOLONG;
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (multiqueue ? IFF_MULTI_QUEUE : 0);
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+int cvh_tap_set_vnet_header_size(int fd, int size) {
+    return ioctl(fd, TUNSETVNETHDRSZ, &size) < 0 ? -errno : 0;
+}
+
+int cvh_tap_set_offload(int fd, unsigned int flags) {
+    return ioctl(fd, TUNSETOFFLOAD, (unsigned long)flags) < 0 ? -errno : 0;
+}
+
+int cvh_tap_set_queue_enabled(int fd, int enabled) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    ifr.ifr_flags = enabled ? IFF_ATTACH_QUEUE : IFF_DETACH_QUEUE;
+    return ioctl(fd, TUNSETQUEUE, &ifr) < 0 ? -errno : 0;
+}
+
+static int cvh_ifreq_ioctl(const char *name, unsigned long request, struct ifreq *ifr) {
+    if (strlen(name) >= IFNAMSIZ) return -ENAMETOOLONG;
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return -errno;
+    strncpy(ifr->ifr_name, name, IFNAMSIZ - 1);
+    int rc = ioctl(s, request, ifr) < 0 ? -errno : 0;
+    close(s);
+    return rc;
+}
+
+int cvh_if_set_mtu(const char *name, int mtu) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    ifr.ifr_mtu = mtu;
+    return cvh_ifreq_ioctl(name, SIOCSIFMTU, &ifr);
+}
+
+int cvh_if_get_mtu(const char *name) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    int rc = cvh_ifreq_ioctl(name, SIOCGIFMTU, &ifr);
+    return rc < 0 ? rc : ifr.ifr_mtu;
+}
+
+int cvh_if_set_up(const char *name, int up) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    int rc = cvh_ifreq_ioctl(name, SIOCGIFFLAGS, &ifr);
+    if (rc < 0) return rc;
+    if (up) ifr.ifr_flags |= IFF_UP; else ifr.ifr_flags &= ~IFF_UP;
+    return cvh_ifreq_ioctl(name, SIOCSIFFLAGS, &ifr);
+}
+
+int cvh_if_exists(const char *name) { return if_nametoindex(name) != 0; }
+
+#include <arpa/inet.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+
+int cvh_packet_socket(const char *name, int vnet_hdr) {
+    unsigned int index = if_nametoindex(name);
+    if (index == 0) return -errno;
+    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL));
+    if (fd < 0) return -errno;
+    int on = 1;
+    if (vnet_hdr && setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &on, sizeof(on)) < 0) {
+        int e = errno; close(fd); return -e;
+    }
+    struct sockaddr_ll addr;
+    memset(&addr, 0, sizeof(addr));
+    addr.sll_family = AF_PACKET;
+    addr.sll_protocol = htons(ETH_P_ALL);
+    addr.sll_ifindex = (int)index;
+    if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+        int e = errno; close(fd); return -e;
+    }
+    return fd;
+}

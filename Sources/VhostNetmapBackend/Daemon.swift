@@ -1,6 +1,7 @@
 import CVhostShim
 import Foundation
 import Glibc
+import HostPort
 import Logging
 import SystemPackage
 import URing
@@ -10,6 +11,7 @@ import VhostUser
 
 public struct DaemonOptions: Sendable {
     public var ports: [PortSpec]
+    public var hostPorts: [HostPortSpec] = []
     public var controlSocket: String?
     public var busyPoll = false
     /// CPU for each switch worker, in order of first appearance of the switch.
@@ -50,6 +52,7 @@ public final class Daemon: @unchecked Sendable {
     private let loop: EventLoop
     private var switches: [(vale: VALESwitch, worker: SwitchWorker)] = []
     private var endpoints: [Endpoint] = []
+    private var hostPorts: [(spec: HostPortSpec, port: TapPort, index: Int)] = []
     private var controlListener: OwnedDescriptor?
     private var signalDescriptor: OwnedDescriptor?
     private var createdSocketPaths: [String] = []
@@ -81,6 +84,20 @@ public final class Daemon: @unchecked Sendable {
             let device = try VhostNetDevice(name: spec.fullName, queuePairs: spec.queuePairs, vale: vale,
                                             logger: logger, wakeWorker: { worker.poke() })
             endpoints.append(Endpoint(spec: spec, device: device))
+        }
+        for spec in options.hostPorts {
+            guard seen.insert(spec.fullName).inserted else { throw DaemonError.startup("port \(spec.fullName) given twice") }
+            let (vale, worker) = try switchNamed(spec.switchName)
+            let tap: TapPort
+            do {
+                tap = try TapPort(name: spec.interfaceName, queues: spec.queues, mtu: spec.mtu, logger: logger)
+            } catch {
+                throw DaemonError.startup("host port \(spec.fullName): \(error)")
+            }
+            tap.setOffloads(.all)
+            let index = try vale.lock.withLock { _ throws(SwitchError) in try vale.attach(tap, named: spec.interfaceName) }
+            worker.poke()
+            hostPorts.append((spec, tap, index))
         }
         if let path = options.controlSocket {
             try makeParentDirectory(path)
@@ -149,7 +166,7 @@ public final class Daemon: @unchecked Sendable {
                 connect(e)
             }
         }
-        logger.info("vhost-netmap running: \(endpoints.count) port(s) on \(switches.count) embedded switch(es)\(options.busyPoll ? ", busy-polling" : "")")
+        logger.info("vhost-netmap running: \(endpoints.count) vhost-user port(s), \(hostPorts.count) host port(s) on \(switches.count) embedded switch(es)\(options.busyPoll ? ", busy-polling" : "")")
         loop.run()
         shutDown()
         return exitCode
@@ -237,7 +254,9 @@ public final class Daemon: @unchecked Sendable {
         logger.info("\(e.spec.fullName): front-end connected")
         e.connectionWatch = loop.receiveMessages(on: socket.rawValue, capacity: MessageHeader.byteCount + MessageFraming.maxPayload,
                                                  maxDescriptors: MemoryTable.maxRegions, firstLength: c.wantedLength) { [unowned self] received in
-            switch c.consume(received) {
+            let outcome = c.consume(received)
+            updateHostOffloads(on: e.spec.switchName)
+            switch outcome {
             case .open:
                 return .receive(c.wantedLength)
             case .closed(let why):
@@ -252,6 +271,7 @@ public final class Daemon: @unchecked Sendable {
         e.connection = nil
         e.connectionWatch = nil
         e.device.reset(reason: "disconnect")
+        updateHostOffloads(on: e.spec.switchName)
         if e.spec.inheritedDescriptor != nil {
             logger.notice("\(e.spec.fullName): inherited connection closed: stopping")
             loop.stop()
@@ -259,6 +279,29 @@ public final class Daemon: @unchecked Sendable {
             e.backoff = options.reconnectInitialNanoseconds
             loop.after(nanoseconds: e.backoff) { [unowned self] in connect(e) }
         }
+    }
+
+    // MARK: Host ports
+
+    /// A host port's TAP may hand us only segments every guest on its switch can take (a guest
+    /// without TSO would have to drop them): the offloads are the intersection of the attached
+    /// guests' receive features, or all of them while no guest has negotiated.
+    private func updateHostOffloads(on switchName: String) {
+        let taps = hostPorts.filter { $0.spec.switchName == switchName }
+        guard !taps.isEmpty else { return }
+        var offloads = TapOffloads.all
+        for e in endpoints where e.spec.switchName == switchName {
+            guard let f = e.device.negotiatedFeatures else { continue }
+            var accepted: TapOffloads = []
+            if f.contains(.netGuestCSUM) {
+                accepted.insert(.checksum)
+                if f.contains(.netGuestTSO4) { accepted.insert(.tso4) }
+                if f.contains(.netGuestTSO6) { accepted.insert(.tso6) }
+                if f.contains(.netGuestECN) { accepted.insert(.tsoECN) }
+            }
+            offloads.formIntersection(accepted)
+        }
+        for t in taps { t.port.setOffloads(offloads) }
     }
 
     // MARK: Control socket
@@ -295,10 +338,22 @@ public final class Daemon: @unchecked Sendable {
         public var counters: PortCounters
     }
 
+    public struct HostPortReport: Codable, Sendable {
+        public var name: String
+        public var index: Int
+        public var interface: String
+        public var queues: Int
+        public var offloads: String
+        public var readErrors: UInt64
+        public var writeErrors: UInt64
+        public var counters: PortCounters
+    }
+
     public struct SwitchReport: Codable, Sendable {
         public var name: String
         public var learnedAddresses: Int
         public var ports: [PortReport]
+        public var hostPorts: [HostPortReport]
     }
 
     public func statistics() -> [SwitchReport] {
@@ -311,7 +366,12 @@ public final class Daemon: @unchecked Sendable {
                                connected: e.connection != nil, device: e.device.statusLocked(),
                                counters: s.vale.counters[e.device.portIndex])
                 }
-                return SwitchReport(name: s.vale.name, learnedAddresses: s.vale.learning.entryCount, ports: ports)
+                let taps = hostPorts.filter { $0.spec.switchName == s.vale.name }.map { h in
+                    HostPortReport(name: h.spec.fullName, index: h.index, interface: h.spec.interfaceName, queues: h.spec.queues,
+                                   offloads: h.port.offloads.description, readErrors: h.port.readErrors,
+                                   writeErrors: h.port.writeErrors, counters: s.vale.counters[h.index])
+                }
+                return SwitchReport(name: s.vale.name, learnedAddresses: s.vale.learning.entryCount, ports: ports, hostPorts: taps)
             }
         }
     }

@@ -81,3 +81,44 @@ public struct PortSpec: Sendable, Equatable {
         return (parts[0], parts[1])
     }
 }
+
+/// A host port: a TAP interface attached to a switch (`valeX:TAP[,queues=N][,mtu=N]`); the
+/// port's name on the switch is the interface's name.
+public struct HostPortSpec: Sendable, Equatable {
+    public var switchName: String
+    public var interfaceName: String
+    public var queues: Int
+    public var mtu: Int?
+
+    public init(switchName: String, interfaceName: String, queues: Int = 1, mtu: Int? = nil) {
+        self.switchName = switchName
+        self.interfaceName = interfaceName
+        self.queues = queues
+        self.mtu = mtu
+    }
+
+    public var fullName: String { "\(switchName):\(interfaceName)" }
+
+    public static func parse(_ text: String) throws(PortSpec.ParseError) -> HostPortSpec {
+        let parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        let (sw, tap) = try PortSpec.parseName(parts[0])
+        guard tap.utf8.count < 16 else { throw .message("'\(tap)': interface names are at most 15 characters") }
+        var spec = HostPortSpec(switchName: sw, interfaceName: tap)
+        for option in parts.dropFirst() {
+            if option.hasPrefix("queues=") {
+                guard let n = Int(option.dropFirst(7)), n >= 1, n <= PortSpec.maxQueuePairs else {
+                    throw .message("'\(option)': queues must be 1...\(PortSpec.maxQueuePairs)")
+                }
+                spec.queues = n
+            } else if option.hasPrefix("mtu=") {
+                guard let m = Int(option.dropFirst(4)), m >= 68, m <= 65535 else {
+                    throw .message("'\(option)': mtu must be 68...65535")
+                }
+                spec.mtu = m
+            } else {
+                throw .message("'\(option)': unknown host-port option (queues=N, mtu=N)")
+            }
+        }
+        return spec
+    }
+}

@@ -43,6 +43,8 @@ public final class VhostNetDevice: @unchecked Sendable {
     private var memory: GuestMemory?
     private(set) var features: VirtioFeatures = []
     private var featuresSet = false
+    /// The features the front-end set, once it has (control thread).
+    public var negotiatedFeatures: VirtioFeatures? { featuresSet ? features : nil }
     private(set) var protocolFeatures: ProtocolFeatures = []
     /// SET_PROTOCOL_FEATURES was received: QEMU then sends SET_VRING_ENABLE even before SET_FEATURES.
     private var protocolFeaturesNegotiated = false

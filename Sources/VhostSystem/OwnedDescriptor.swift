@@ -103,6 +103,14 @@ public final class MemoryMapping: @unchecked Sendable {
         self.length = length
     }
 
+    /// Private anonymous memory (packet buffers of a host port).
+    public init(anonymousLength length: Int) throws(Errno) {
+        let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if p == MAP_FAILED || p == nil { throw Errno(rawValue: errno) }
+        self.base = p!
+        self.length = length
+    }
+
     deinit {
         munmap(base, length)
     }

@@ -24,6 +24,9 @@ struct Serve: ParsableCommand {
           --port vale0:vm1=/run/vhost-netmap/vm1.sock              listen (QEMU connects, reconnect-ms=...)
           --port vale0:vm2=/run/vhost-netmap/vm2.sock,client       connect, and reconnect (QEMU server=on)
           options after the path: queues=N (1-16 pairs), mode=0660 (socket permissions)
+        Each --host-port connects a switch to the host's network stack through a TAP interface
+        (created, or an existing persistent one with vnet_hdr), brought up:
+          --host-port vale0:tap0[,queues=N][,mtu=9000]
         The vhost-user back-end conventions are also accepted: --socket-path PATH or --fd N
         (one device, on the port given by --switch-port), and --print-capabilities.
         """
@@ -31,6 +34,9 @@ struct Serve: ParsableCommand {
 
     @Option(name: .customLong("port"), help: "SWITCH:PORT=SOCKET[,client][,queues=N][,mode=0660] (repeatable)")
     var ports: [String] = []
+
+    @Option(name: .customLong("host-port"), help: "SWITCH:TAPNAME[,queues=N][,mtu=N] (repeatable)")
+    var hostPorts: [String] = []
 
     @Option(name: .customLong("socket-path"), help: "vhost-user socket to listen on (back-end convention).")
     var socketPath: String?
@@ -61,8 +67,8 @@ struct Serve: ParsableCommand {
 
     func validate() throws {
         if socketPath != nil && fd != nil { throw ValidationError("--socket-path and --fd are mutually exclusive") }
-        if !printCapabilities && ports.isEmpty && socketPath == nil && fd == nil {
-            throw ValidationError("give at least one --port (or --socket-path / --fd)")
+        if !printCapabilities && ports.isEmpty && hostPorts.isEmpty && socketPath == nil && fd == nil {
+            throw ValidationError("give at least one --port or --host-port (or --socket-path / --fd)")
         }
         if !(1...PortSpec.maxQueuePairs).contains(queues) { throw ValidationError("--queues must be 1...\(PortSpec.maxQueuePairs)") }
     }
@@ -80,7 +86,9 @@ struct Serve: ParsableCommand {
         }
         let logger = Logger(label: "vhost-netmap")
         var specs: [PortSpec] = []
+        var hostSpecs: [HostPortSpec] = []
         do {
+            for h in hostPorts { hostSpecs.append(try HostPortSpec.parse(h)) }
             for p in ports { specs.append(try PortSpec.parse(p)) }
             if socketPath != nil || fd != nil {
                 let (sw, port) = try PortSpec.parseName(switchPort)
@@ -91,6 +99,7 @@ struct Serve: ParsableCommand {
         }
         var options = DaemonOptions(ports: specs, controlSocket: control.isEmpty ? nil : control)
         options.busyPoll = busyPoll
+        options.hostPorts = hostSpecs
         options.workerCPUs = workerCPUs
         let daemon: Daemon
         do {

@@ -232,12 +232,8 @@ final class RunningDaemon: @unchecked Sendable {
         for generation in 0..<2 {
             #expect(poll(&pfd, 1, 10_000) == 1, "daemon did not connect (generation \(generation))")
             guard let conn = try UnixSocket.accept(listener.rawValue) else { Issue.record("no connection"); return }
-            let fe = VhostUserFrontEnd(socket: try {
-                var flags = fcntl(conn.rawValue, F_GETFL)
-                flags &= ~O_NONBLOCK
-                _ = fcntl(conn.rawValue, F_SETFL, flags)
-                return conn
-            }())
+            _ = fcntl(conn.rawValue, F_SETFL, fcntl(conn.rawValue, F_GETFL) & ~O_NONBLOCK)
+            let fe = VhostUserFrontEnd(socket: conn)
             let offered = try fe.callU64(.getFeatures)
             #expect(offered == VhostNetDevice.offeredFeatures.rawValue)
             // Dropping `fe` closes the connection; the daemon reconnects with back-off.

@@ -37,6 +37,36 @@ ssize_t cvh_send_with_fds(int sock, const void *buf, size_t len, const int *fds,
 /// Fills a sockaddr_un; returns its length or -1 if the path does not fit.
 int cvh_sockaddr_un(struct sockaddr_un *addr, const char *path);
 
+// TAP devices (<linux/if_tun.h>) and interface settings: ioctls whose numbers and structs
+// Swift cannot import. Each returns 0 (or a descriptor) on success, -errno on failure.
+
+/// Opens /dev/net/tun and attaches to (or creates) tap `name` with IFF_TAP | IFF_NO_PI |
+/// IFF_VNET_HDR, plus IFF_MULTI_QUEUE if `multiqueue`. Returns the descriptor.
+int cvh_tap_open(const char *name, int multiqueue);
+/// TUNSETVNETHDRSZ.
+int cvh_tap_set_vnet_header_size(int fd, int size);
+/// TUNSETOFFLOAD with TUN_F_* bits.
+int cvh_tap_set_offload(int fd, unsigned int flags);
+/// TUNSETQUEUE: IFF_ATTACH_QUEUE (enable) or IFF_DETACH_QUEUE.
+int cvh_tap_set_queue_enabled(int fd, int enabled);
+/// SIOCSIFMTU.
+int cvh_if_set_mtu(const char *name, int mtu);
+/// SIOCGIFMTU; returns the MTU.
+int cvh_if_get_mtu(const char *name);
+/// Sets IFF_UP (SIOCGIFFLAGS / SIOCSIFFLAGS).
+int cvh_if_set_up(const char *name, int up);
+/// 1 if interface `name` exists in this network namespace.
+int cvh_if_exists(const char *name);
+
+/// An AF_PACKET raw socket bound to interface `name` (all protocols), with PACKET_VNET_HDR if
+/// `vnet_hdr` (frames then carry a 10-byte virtio-net header, GSO kept). Returns the descriptor.
+int cvh_packet_socket(const char *name, int vnet_hdr);
+
+extern const unsigned int CVH_TUN_F_CSUM;
+extern const unsigned int CVH_TUN_F_TSO4;
+extern const unsigned int CVH_TUN_F_TSO6;
+extern const unsigned int CVH_TUN_F_TSO_ECN;
+
 /// Cache prefetch hints: pull a line the other core wrote before we need it.
 static inline void cvh_prefetch_read(const void *p) { __builtin_prefetch(p, 0, 3); }
 static inline void cvh_prefetch_write(const void *p) { __builtin_prefetch(p, 1, 3); }

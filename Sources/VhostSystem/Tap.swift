@@ -1,0 +1,76 @@
+import CVhostShim
+import SystemPackage
+
+/// Offloads the host stack may hand a TAP reader (TUNSETOFFLOAD): checksum left to the reader,
+/// and TCP segments larger than the MTU.
+public struct TapOffloads: OptionSet, Sendable, CustomStringConvertible {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    public static let checksum = TapOffloads(rawValue: CVH_TUN_F_CSUM)
+    public static let tso4 = TapOffloads(rawValue: CVH_TUN_F_TSO4)
+    public static let tso6 = TapOffloads(rawValue: CVH_TUN_F_TSO6)
+    public static let tsoECN = TapOffloads(rawValue: CVH_TUN_F_TSO_ECN)
+    public static let all: TapOffloads = [.checksum, .tso4, .tso6, .tsoECN]
+
+    public var description: String {
+        let names = [(TapOffloads.checksum, "csum"), (.tso4, "tso4"), (.tso6, "tso6"), (.tsoECN, "tso-ecn")]
+            .filter { contains($0.0) }.map(\.1)
+        return names.isEmpty ? "none" : names.joined(separator: ",")
+    }
+}
+
+/// A TAP interface opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR: one descriptor per queue
+/// (IFF_MULTI_QUEUE when there is more than one).
+public enum Tap {
+    /// Opens `queues` queues of tap `name`, creating it unless it exists (a persistent tap made
+    /// with `ip tuntap add ... vnet_hdr [multi_queue]` is attached to as is).
+    public static func open(name: String, queues: Int) throws(Errno) -> [OwnedDescriptor] {
+        var fds: [OwnedDescriptor] = []
+        for _ in 0..<queues {
+            let rc = cvh_tap_open(name, queues > 1 ? 1 : 0)
+            if rc < 0 { throw Errno(rawValue: -rc) }
+            fds.append(OwnedDescriptor(adopting: rc))
+        }
+        return fds
+    }
+
+    public static func exists(_ name: String) -> Bool { cvh_if_exists(name) == 1 }
+
+    public static func setHeaderSize(_ fd: CInt, _ size: Int) throws(Errno) {
+        let rc = cvh_tap_set_vnet_header_size(fd, CInt(size))
+        if rc < 0 { throw Errno(rawValue: -rc) }
+    }
+
+    public static func setOffloads(_ fd: CInt, _ offloads: TapOffloads) throws(Errno) {
+        let rc = cvh_tap_set_offload(fd, offloads.rawValue)
+        if rc < 0 { throw Errno(rawValue: -rc) }
+    }
+
+    public static func setMTU(_ name: String, _ mtu: Int) throws(Errno) {
+        let rc = cvh_if_set_mtu(name, CInt(mtu))
+        if rc < 0 { throw Errno(rawValue: -rc) }
+    }
+
+    public static func mtu(_ name: String) throws(Errno) -> Int {
+        let rc = cvh_if_get_mtu(name)
+        if rc < 0 { throw Errno(rawValue: -rc) }
+        return Int(rc)
+    }
+
+    public static func setUp(_ name: String, _ up: Bool = true) throws(Errno) {
+        let rc = cvh_if_set_up(name, up ? 1 : 0)
+        if rc < 0 { throw Errno(rawValue: -rc) }
+    }
+}
+
+/// An AF_PACKET raw socket on one interface: what the host stack receives from it and sends to it.
+public enum PacketSocket {
+    /// With `virtioNetHeader`, each frame read or written carries a 10-byte virtio-net header
+    /// (PACKET_VNET_HDR), so segmentation offloads stay whole.
+    public static func open(interface: String, virtioNetHeader: Bool) throws(Errno) -> OwnedDescriptor {
+        let rc = cvh_packet_socket(interface, virtioNetHeader ? 1 : 0)
+        if rc < 0 { throw Errno(rawValue: -rc) }
+        return OwnedDescriptor(adopting: rc)
+    }
+}
