@@ -45,6 +45,8 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
     /// I/O errors of the TAP (reads or writes the kernel refused), for the statistics.
     public private(set) var readErrors: UInt64 = 0
     public private(set) var writeErrors: UInt64 = 0
+    /// Frames for the host dropped because the interface was down (the kernel answers EIO).
+    public private(set) var writesWhileDown: UInt64 = 0
     public private(set) var offloads: TapOffloads = []
 
     /// Opens (or creates) tap `name` with `queues` queues and prepares its buffers and rings.
@@ -198,7 +200,9 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
     @inline(__always)
     private func recycleTransmitBuffers() {
         transmitRing.reap { c in
-            if c.result < 0 {
+            if c.result == -EIO {
+                writesWhileDown &+= 1
+            } else if c.result < 0 {
                 if writeErrors == 0 { logger.warning("host port \(name): write refused: \(Errno(rawValue: -c.result)) (counted in writeErrors)") }
                 writeErrors &+= 1
             }

@@ -346,6 +346,7 @@ public final class Daemon: @unchecked Sendable {
         public var offloads: String
         public var readErrors: UInt64
         public var writeErrors: UInt64
+        public var writesWhileDown: UInt64
         public var counters: PortCounters
     }
 
@@ -369,7 +370,7 @@ public final class Daemon: @unchecked Sendable {
                 let taps = hostPorts.filter { $0.spec.switchName == s.vale.name }.map { h in
                     HostPortReport(name: h.spec.fullName, index: h.index, interface: h.spec.interfaceName, queues: h.spec.queues,
                                    offloads: h.port.offloads.description, readErrors: h.port.readErrors,
-                                   writeErrors: h.port.writeErrors, counters: s.vale.counters[h.index])
+                                   writeErrors: h.port.writeErrors, writesWhileDown: h.port.writesWhileDown, counters: s.vale.counters[h.index])
                 }
                 return SwitchReport(name: s.vale.name, learnedAddresses: s.vale.learning.entryCount, ports: ports, hostPorts: taps)
             }
