@@ -8,6 +8,7 @@ import PackageDescription
 //   VhostUser             the vhost-user wire protocol: framing, payload codecs, feature bits
 //   Virtio                guest memory, split virtqueues (device side), descriptor chains, virtio-net header
 //   VALESwitch            the embedded VALE-compatible learning switch and its port abstraction
+//   CNetmap / Netmap      the netmap user ABI (declared once, in C) and netmap kernel ports: names, rings, control
 //   HostPort              TAP host ports: the switch ↔ host network stack, I/O on io_uring fixed buffers
 //   VhostNetmapBackend    vhost-user devices as switch ports, the daemon, its threads and control socket
 //   vhost-netmap          the command line
@@ -47,13 +48,18 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
         ], swiftSettings: datapathSettings),
         .target(name: "VALESwitch", dependencies: ["Virtio"], swiftSettings: datapathSettings),
+        .target(name: "CNetmap"),
+        .target(name: "Netmap", dependencies: [
+            "CNetmap", "VALESwitch", "Virtio", "VhostSystem",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ], swiftSettings: datapathSettings),
         .target(name: "HostPort", dependencies: [
             "VALESwitch", "Virtio", "URing", "VhostSystem",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ], swiftSettings: datapathSettings),
         .target(name: "VhostNetmapBackend", dependencies: [
-            "VhostUser", "Virtio", "VALESwitch", "URing", "VhostSystem", "HostPort",
+            "VhostUser", "Virtio", "VALESwitch", "URing", "VhostSystem", "HostPort", "Netmap",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: datapathSettings),
         .executableTarget(name: "vhost-netmap", dependencies: [
@@ -61,13 +67,14 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["Netmap", "CNetmap"], path: "Tests/TestSupport"),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "VhostSystem", "TestSupport"]),
+        .testTarget(name: "NetmapTests", dependencies: ["Netmap", "CNetmap", "VALESwitch", "Virtio", "VhostSystem", "TestSupport"]),
         .testTarget(name: "URingTests", dependencies: ["URing", "VhostSystem"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VhostSystem", "TestSupport"]),
         .testTarget(name: "VALESwitchTests", dependencies: ["VALESwitch", "Virtio", "VhostSystem"]),
         .testTarget(name: "BackendTests", dependencies: [
-            "VhostNetmapBackend", "VhostUser", "Virtio", "VALESwitch", "VhostSystem", "TestSupport", "HostPort",
+            "VhostNetmapBackend", "VhostUser", "Virtio", "VALESwitch", "VhostSystem", "TestSupport", "HostPort", "Netmap",
             .product(name: "Logging", package: "swift-log"),
         ]),
     ],

@@ -61,8 +61,11 @@ open class SwitchPort {
     open func deliver(_ frame: Frame) -> DeliveryResult { .notReady }
     /// Publishes what `deliver` wrote since the last flush and notifies the peer if it asks.
     open func flushDeliveries() {}
-    /// Descriptors that become readable when this port has new frames (kick eventfds).
+    /// Eventfds that count when this port has new frames (kick eventfds); the worker consumes
+    /// them with 8-byte reads.
     open func wakeDescriptors() -> [CInt] { [] }
+    /// Descriptors that poll readable when this port has new frames (a netmap file descriptor).
+    open func pollDescriptors() -> [CInt] { [] }
     /// True if frames may be waiting with no wake-up possible (a ring in polling mode).
     open var needsPolling: Bool { false }
     /// Re-enables wake-ups before the worker sleeps; true if frames arrived meanwhile.

@@ -76,6 +76,8 @@ public final class SwitchWorker: @unchecked Sendable {
         var armedGeneration: UInt64 = .max
         var armEpoch: UInt64 = 0
         var armed: [CInt] = []
+        var pollable: [CInt] = []
+        let pollBit: UInt64 = 0x8000
         var fired: [UInt64] = []
         fired.reserveCapacity(64)
 
@@ -93,9 +95,12 @@ public final class SwitchWorker: @unchecked Sendable {
                 }
                 if vale.generation != armedGeneration {
                     for i in armed.indices { ring.cancel(userData: armEpoch << 16 | UInt64(i)) }
+                    for i in pollable.indices { ring.cancel(userData: armEpoch << 16 | pollBit | UInt64(i)) }
                     armEpoch &+= 1
                     armed = vale.attachedPorts.flatMap { $0.port.wakeDescriptors() }
+                    pollable = vale.attachedPorts.flatMap { $0.port.pollDescriptors() }
                     for (i, fd) in armed.enumerated() { ring.read(fd: fd, into: kickSink, length: 8, userData: armEpoch << 16 | UInt64(i)) }
+                    for (i, fd) in pollable.enumerated() { ring.pollAdd(fd: fd, userData: armEpoch << 16 | pollBit | UInt64(i)) }
                     armedGeneration = vale.generation
                 }
                 if pending || polled {

@@ -8,7 +8,7 @@
 #     segments cross the switch whole), and the byte counts and switch counters agree.
 . "$(dirname "$0")/lib.sh"
 echo "host-port"
-TAG=$$
+TAG=$(($$ % 100000))
 NSA=vnA$TAG; NSB=vnB$TAG
 TAPA=vnha$TAG; TAPB=vnhb$TAG
 host_cleanup() {

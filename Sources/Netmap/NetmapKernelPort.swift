@@ -1,0 +1,188 @@
+import VALESwitch
+import Virtio
+
+/// A netmap port (a kernel VALE port, a NIC, host rings or a pipe end) as a port of a switch:
+/// frames for it are copied into its TX ring's buffers (NS_MOREFRAG across buffers when a frame
+/// is larger than one), and the frames in its RX ring are forwarded straight out of the netmap
+/// buffers. With a virtio-net header on the port (12 or 10 bytes, set by PORT_HDR_SET on VALE
+/// ports), checksum and segmentation offloads pass through; without one, frames that need an
+/// offload are refused as they are for a guest that did not negotiate it.
+///
+/// Used by the switch worker only (under the switch lock).
+public final class NetmapKernelPort: SwitchPort, @unchecked Sendable {
+    public let name: String
+    public let headerLength: Int
+    private let txRings: [NetmapRing]
+    private let rxRings: [NetmapRing]
+    private let sync: NetmapSync
+    private let pollDescriptor: CInt
+    private let segments = SegmentList(capacity: NetmapRing.maxFragments)
+    private var txDirty = false
+    private var rxCursor = 0
+
+    /// Counters the switch does not keep: sync errors and slots the kernel side got wrong.
+    public private(set) var syncErrors: UInt64 = 0
+    public private(set) var badSlots: UInt64 = 0
+    public private(set) var lastSyncError: Int32 = 0
+
+    public init(name: String, region: NetmapRegion, headerLength: Int, sync: NetmapSync, pollDescriptor: CInt) throws(NetmapRegion.LayoutError) {
+        precondition([0, 10, 12].contains(headerLength))
+        self.name = name
+        self.headerLength = headerLength
+        self.sync = sync
+        self.pollDescriptor = pollDescriptor
+        var tx: [NetmapRing] = []
+        var rx: [NetmapRing] = []
+        for i in 0..<region.txRingCount { if let r = try region.txRing(i) { tx.append(r) } }
+        for i in 0..<region.rxRingCount { if let r = try region.rxRing(i) { rx.append(r) } }
+        // Host rings bound on their own (eth0^) are the port's rings then.
+        if tx.isEmpty { for i in 0..<region.hostTXRingCount { if let r = try region.hostTXRing(i) { tx.append(r) } } }
+        if rx.isEmpty { for i in 0..<region.hostRXRingCount { if let r = try region.hostRXRing(i) { rx.append(r) } } }
+        txRings = tx
+        rxRings = rx
+        super.init()
+    }
+
+    private var acceptedOffloads: VirtioFeatures {
+        headerLength == 0 ? [] : [.netGuestCSUM, .netGuestTSO4, .netGuestTSO6, .netGuestECN, .netGuestUFO]
+    }
+
+    // MARK: netmap RX → switch
+
+    public override func transmit(into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int {
+        guard !rxRings.isEmpty else { return 0 }
+        let rc = sync.rxsync()
+        if rc != 0 { noteSyncError(rc) }
+        var moved = 0
+        for k in 0..<rxRings.count where moved < budget {
+            let ring = rxRings[(rxCursor &+ k) % rxRings.count]
+            moved &+= receive(from: ring, into: vale, as: portIndex, budget: budget &- moved)
+        }
+        rxCursor &+= 1
+        return moved
+    }
+
+    @inline(__always)
+    private func receive(from ring: NetmapRing, into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int {
+        var head = ring.head
+        let tail = ring.tail
+        guard head < ring.slotCount, tail < ring.slotCount else {
+            // Our own head is corrupt (or the kernel's tail is): resynchronise at tail.
+            badSlots &+= 1
+            ring.head = tail < ring.slotCount ? tail : 0
+            ring.cur = ring.head
+            return 0
+        }
+        var moved = 0
+        let queuePair = Int(ring.ring.pointee.ringid)
+        while head != tail && moved < budget {
+            // Gather one frame: slots with MOREFRAG, then the last one.
+            segments.count = 0
+            var slotIndex = head
+            var length = 0
+            var complete = false
+            var valid = true
+            while slotIndex != tail {
+                let s = ring.slot(slotIndex)
+                if segments.count == NetmapRing.maxFragments { valid = false }
+                if valid, let buffer = ring.buffer(s.buffer), Int(s.length) <= ring.bufferSize {
+                    segments.storage[segments.count] = Segment(base: buffer, length: Int(s.length))
+                    segments.count &+= 1
+                    length &+= Int(s.length)
+                } else {
+                    valid = false
+                }
+                slotIndex = ring.next(slotIndex)
+                if s.flags & NetmapRing.moreFragments == 0 { complete = true; break }
+            }
+            // A frame whose last fragment has not arrived yet stays for the next sync.
+            guard complete else { break }
+            if !valid || length < headerLength {
+                badSlots &+= 1
+                vale.countBadDescriptor(from: portIndex)
+            } else {
+                let header = readHeader()
+                vale.forward(Frame(header: header, segments: segments.storage, segmentCount: segments.count,
+                                   offset: headerLength, length: length &- headerLength, queuePair: queuePair), from: portIndex)
+            }
+            moved &+= 1
+            head = slotIndex
+        }
+        ring.head = head
+        ring.cur = head
+        return moved
+    }
+
+    @inline(__always)
+    private func readHeader() -> VirtioNetHeader {
+        guard headerLength > 0 else { return VirtioNetHeader() }
+        let first = segments.storage[0]
+        if first.length >= headerLength { return VirtioNetHeader(bytes: first.base, length: headerLength) }
+        var raw: (UInt64, UInt64) = (0, 0)
+        return withUnsafeMutableBytes(of: &raw) { buf in
+            var c = SegmentCursor(segments: segments.storage, count: segments.count)
+            _ = c.read(into: buf.baseAddress!, length: headerLength)
+            return VirtioNetHeader(bytes: buf.baseAddress!, length: headerLength)
+        }
+    }
+
+    // MARK: switch → netmap TX
+
+    public override func deliver(_ frame: Frame) -> DeliveryResult {
+        guard !txRings.isEmpty else { return .notReady }
+        guard acceptedOffloads.isSuperset(of: frame.header.requiredReceiveFeatures) else { return .offloadMismatch }
+        let ring = txRings[frame.queuePair % txRings.count]
+        let cur = ring.cur
+        guard cur < ring.slotCount, ring.tail < ring.slotCount else { badSlots &+= 1; return .notReady }
+        let total = headerLength &+ frame.length
+        let needed = (total &+ ring.bufferSize &- 1) / ring.bufferSize
+        guard needed <= NetmapRing.maxFragments, needed <= Int(ring.distance(from: cur, to: ring.tail)) else { return .noRoom }
+
+        var header = frame.header
+        header.numBuffers = 0
+        var cursor = frame.cursor
+        var remaining = total
+        var slotIndex = cur
+        var headerPending = headerLength
+        for n in 0..<needed {
+            let s = ring.slot(slotIndex)
+            guard let buffer = ring.buffer(s.buffer) else { badSlots &+= 1; return .badDescriptor }
+            let chunk = min(remaining, ring.bufferSize)
+            var written = 0
+            if headerPending > 0 {
+                header.store(to: buffer, length: headerLength)
+                written = headerLength
+                headerPending = 0
+            }
+            _ = cursor.read(into: buffer + written, length: chunk &- written)
+            remaining &-= chunk
+            ring.setSlot(slotIndex, length: UInt16(chunk), flags: n == needed &- 1 ? 0 : NetmapRing.moreFragments)
+            slotIndex = ring.next(slotIndex)
+        }
+        ring.cur = slotIndex
+        txDirty = true
+        return .delivered
+    }
+
+    public override func flushDeliveries() {
+        guard txDirty else { return }
+        txDirty = false
+        for ring in txRings { ring.head = ring.cur }
+        let rc = sync.txsync()
+        if rc != 0 { noteSyncError(rc) }
+    }
+
+    private func noteSyncError(_ errno: Int32) {
+        syncErrors &+= 1
+        lastSyncError = errno
+    }
+
+    // MARK: Sleeping
+
+    public override func pollDescriptors() -> [CInt] { pollDescriptor >= 0 ? [pollDescriptor] : [] }
+
+    /// Frames already reported by the last rxsync and not yet taken.
+    public override func prepareToSleep() -> Bool {
+        rxRings.contains { $0.head != $0.tail }
+    }
+}

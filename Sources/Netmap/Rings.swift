@@ -1,0 +1,132 @@
+internal import CNetmap
+
+/// A netmap memory region as mapped by a process: a `netmap_if` at some offset, rings found
+/// through `ring_ofs`, buffers by index. The kernel writes it too, so every index read from it is
+/// checked before use (a buggy or hostile kernel-side peer must not make us touch memory outside
+/// the region).
+public struct NetmapRegion: @unchecked Sendable {
+    public let base: UnsafeMutableRawPointer
+    public let size: Int
+    public let interfaceOffset: Int
+
+    public init(base: UnsafeMutableRawPointer, size: Int, interfaceOffset: Int) {
+        self.base = base
+        self.size = size
+        self.interfaceOffset = interfaceOffset
+    }
+
+    var interface: UnsafeMutablePointer<vnm_if> {
+        (base + interfaceOffset).assumingMemoryBound(to: vnm_if.self)
+    }
+
+    public var txRingCount: Int { Int(interface.pointee.ni_tx_rings) }
+    public var rxRingCount: Int { Int(interface.pointee.ni_rx_rings) }
+    public var hostTXRingCount: Int { Int(interface.pointee.ni_host_tx_rings) }
+    public var hostRXRingCount: Int { Int(interface.pointee.ni_host_rx_rings) }
+
+    public enum LayoutError: Error, CustomStringConvertible, Equatable {
+        case outside(String)
+        public var description: String { switch self { case .outside(let s): "netmap region: \(s)" } }
+    }
+
+    /// The ring at position `index` of `ring_ofs` (NIC TX, host TX, NIC RX, host RX), checked to
+    /// lie inside the region with its slots; nil when this descriptor did not bind it (offset 0).
+    public func ring(at index: Int) throws(LayoutError) -> NetmapRing? {
+        let total = txRingCount + hostTXRingCount + rxRingCount + hostRXRingCount
+        guard index >= 0, index < total else { throw .outside("ring \(index) of \(total)") }
+        let ofsField = interfaceOffset + MemoryLayout<vnm_if>.size + index * 8
+        guard ofsField + 8 <= size else { throw .outside("ring_ofs[\(index)] beyond the region") }
+        let offset = Int(base.load(fromByteOffset: ofsField, as: Int64.self))
+        if offset == 0 { return nil }
+        let ringStart = interfaceOffset + offset
+        guard ringStart >= 0, ringStart + MemoryLayout<vnm_ring>.size <= size else { throw .outside("ring \(index) at \(ringStart)") }
+        let ring = (base + ringStart).assumingMemoryBound(to: vnm_ring.self)
+        let slots = Int(ring.pointee.num_slots)
+        guard slots >= 2, ringStart + MemoryLayout<vnm_ring>.size + slots * MemoryLayout<vnm_slot>.size <= size else {
+            throw .outside("ring \(index): \(slots) slots do not fit")
+        }
+        let bufferSize = Int(ring.pointee.nr_buf_size)
+        guard bufferSize >= 64 else { throw .outside("ring \(index): buffer size \(bufferSize)") }
+        let buffersStart = ringStart + Int(ring.pointee.buf_ofs)
+        guard buffersStart >= 0, buffersStart <= size else { throw .outside("ring \(index): buffers at \(buffersStart)") }
+        // Buffers 0 and 1 are reserved; the last usable index is bounded by the region's end.
+        let bufferCount = (size - buffersStart) / bufferSize
+        return NetmapRing(ring: ring, buffers: base + buffersStart, bufferSize: bufferSize, bufferCount: bufferCount)
+    }
+
+    public func txRing(_ i: Int) throws(LayoutError) -> NetmapRing? { try ring(at: i) }
+    public func rxRing(_ i: Int) throws(LayoutError) -> NetmapRing? { try ring(at: txRingCount + hostTXRingCount + i) }
+    public func hostTXRing(_ i: Int) throws(LayoutError) -> NetmapRing? { try ring(at: txRingCount + i) }
+    public func hostRXRing(_ i: Int) throws(LayoutError) -> NetmapRing? { try ring(at: txRingCount + hostTXRingCount + rxRingCount + i) }
+}
+
+/// One netmap ring seen from user space: we own slots [head, tail) and move head/cur; the
+/// kernel owns the rest and moves tail during a sync.
+public struct NetmapRing: @unchecked Sendable {
+    let ring: UnsafeMutablePointer<vnm_ring>
+    let buffers: UnsafeMutableRawPointer
+    public let bufferSize: Int
+    /// Buffers addressable from this ring (indices below this stay inside the region).
+    public let bufferCount: Int
+
+    public static let moreFragments: UInt16 = UInt16(VNM_NS_MOREFRAG)
+    public static let bufferChanged: UInt16 = UInt16(VNM_NS_BUF_CHANGED)
+    public static let maxFragments = Int(VNM_MAX_FRAGS)
+
+    public var slotCount: UInt32 { ring.pointee.num_slots }
+    public var head: UInt32 {
+        get { ring.pointee.head }
+        nonmutating set { ring.pointee.head = newValue }
+    }
+    public var cur: UInt32 {
+        get { ring.pointee.cur }
+        nonmutating set { ring.pointee.cur = newValue }
+    }
+    public var tail: UInt32 { ring.pointee.tail }
+
+    @inline(__always)
+    public func next(_ i: UInt32) -> UInt32 { i &+ 1 == slotCount ? 0 : i &+ 1 }
+
+    /// Slots from `from` up to `tail` (what we own ahead of `from`).
+    @inline(__always)
+    public func distance(from: UInt32, to: UInt32) -> UInt32 { to >= from ? to &- from : to &+ slotCount &- from }
+
+    /// Slot `i`: buffer index, length, flags.
+    @inline(__always)
+    public func slot(_ i: UInt32) -> (buffer: UInt32, length: UInt16, flags: UInt16) {
+        let p = UnsafeMutableRawPointer(ring).advanced(by: MemoryLayout<vnm_ring>.size + Int(i) &* 16)
+        return (p.load(as: UInt32.self), p.load(fromByteOffset: 4, as: UInt16.self), p.load(fromByteOffset: 6, as: UInt16.self))
+    }
+
+    @inline(__always)
+    public func setSlot(_ i: UInt32, length: UInt16, flags: UInt16) {
+        let p = UnsafeMutableRawPointer(ring).advanced(by: MemoryLayout<vnm_ring>.size + Int(i) &* 16)
+        p.storeBytes(of: length, toByteOffset: 4, as: UInt16.self)
+        p.storeBytes(of: flags, toByteOffset: 6, as: UInt16.self)
+    }
+
+    /// The buffer with index `index`, or nil if the index is reserved or outside the region.
+    @inline(__always)
+    public func buffer(_ index: UInt32) -> UnsafeMutableRawPointer? {
+        guard index >= 2, Int(index) < bufferCount else { return nil }
+        return buffers + Int(index) &* bufferSize
+    }
+}
+
+/// The kernel's side of the rings: NIOCTXSYNC / NIOCRXSYNC on a registered descriptor, or, in
+/// tests, a model of the kernel working on the same memory. Called once per batch.
+open class NetmapSync: @unchecked Sendable {
+    public init() {}
+    /// Sends what is before head on every TX ring; returns 0 or an errno.
+    open func txsync() -> Int32 { 0 }
+    /// Releases what is before head on every RX ring and reports new slots; 0 or an errno.
+    open func rxsync() -> Int32 { 0 }
+}
+
+/// The real kernel: ioctls on the descriptor that registered the port.
+public final class KernelSync: NetmapSync, @unchecked Sendable {
+    let fd: CInt
+    public init(fd: CInt) { self.fd = fd }
+    public override func txsync() -> Int32 { -vnm_txsync(fd) }
+    public override func rxsync() -> Int32 { -vnm_rxsync(fd) }
+}
