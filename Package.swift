@@ -63,7 +63,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: datapathSettings),
         .executableTarget(name: "vhost-netmap", dependencies: [
-            "VhostNetmapBackend",
+            "VhostNetmapBackend", "Netmap",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

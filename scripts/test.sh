@@ -35,6 +35,7 @@ if [ -z "${SKIP_INTEGRATION:-}" ]; then
   run Tests/Integration/testpmd-switching.sh ",mrg_rxbuf=1,queue_size=256"
   run Tests/Integration/testpmd-switching.sh ",queue_size=256" 2
   run Tests/Integration/host-port.sh
+  run Tests/Integration/vale-ctl.sh
   run Tests/Integration/guest-ping.sh
 fi
 echo "$passed passed, $failed failed"

@@ -66,6 +66,11 @@ public struct NetmapPortName: Equatable, Sendable, CustomStringConvertible {
     /// The text as given.
     public var text: String
 
+    public init(kind: Kind, text: String) {
+        self.kind = kind
+        self.text = text
+    }
+
     /// The name the kernel receives in `nr_name` (`netmap:` stripped, suffixes removed).
     public var kernelName: String {
         switch kind {

@@ -3,14 +3,22 @@ import Foundation
 import Glibc
 import HostPort
 import Logging
+import Netmap
 import SystemPackage
 import URing
 import VALESwitch
 import VhostSystem
 import VhostUser
 
+/// Which switch serves the ports: netmap's kernel VALE (through /dev/netmap), the embedded one,
+/// or the kernel when it is there and speaks our API.
+public enum SwitchMode: String, Sendable, CaseIterable {
+    case auto, kernel, embedded
+}
+
 public struct DaemonOptions: Sendable {
     public var ports: [PortSpec]
+    public var switchMode: SwitchMode = .embedded
     public var hostPorts: [HostPortSpec] = []
     public var controlSocket: String?
     public var busyPoll = false
@@ -36,15 +44,37 @@ public final class Daemon: @unchecked Sendable {
     final class Endpoint {
         let spec: PortSpec
         let device: VhostNetDevice
+        let vale: VALESwitch
         var listener: OwnedDescriptor?
+        var listenerWatch: EventLoop.Token?
         var connection: Connection?
         var connectionWatch: EventLoop.Token?
+        var reconnectTimer: EventLoop.Token?
         var backoff: UInt64 = 0
         var connects = 0
-        init(spec: PortSpec, device: VhostNetDevice) {
+        var removed = false
+        init(spec: PortSpec, device: VhostNetDevice, vale: VALESwitch) {
             self.spec = spec
             self.device = device
+            self.vale = vale
         }
+    }
+
+    /// A host port and the switch it is on.
+    struct HostPortEntry {
+        let spec: HostPortSpec
+        let port: TapPort
+        let index: Int
+        let vale: VALESwitch
+    }
+
+    /// In kernel mode, each port is cross-connected to its netmap port on a two-port switch of
+    /// its own; this keeps the netmap binding (descriptor and mapping) alive.
+    struct KernelBinding {
+        let registration: NetmapRegistration
+        let port: NetmapKernelPort
+        let index: Int
+        let vale: VALESwitch
     }
 
     private let options: DaemonOptions
@@ -52,7 +82,11 @@ public final class Daemon: @unchecked Sendable {
     private let loop: EventLoop
     private var switches: [(vale: VALESwitch, worker: SwitchWorker)] = []
     private var endpoints: [Endpoint] = []
-    private var hostPorts: [(spec: HostPortSpec, port: TapPort, index: Int)] = []
+    private var hostPorts: [HostPortEntry] = []
+    private var kernelBindings: [KernelBinding] = []
+    /// True when the ports are served by netmap's kernel switch.
+    public private(set) var usesKernel = false
+    private var running = false
     private var controlListener: OwnedDescriptor?
     private var signalDescriptor: OwnedDescriptor?
     private var createdSocketPaths: [String] = []
@@ -75,30 +109,16 @@ public final class Daemon: @unchecked Sendable {
     }
 
     private func setUp() throws {
+        usesKernel = try Self.resolveSwitch(options.switchMode, logger: logger)
         var seen: Set<String> = []
         for spec in options.ports {
             guard seen.insert(spec.fullName).inserted else { throw DaemonError.startup("port \(spec.fullName) given twice") }
         }
-        for spec in options.ports {
-            let (vale, worker) = try switchNamed(spec.switchName)
-            let device = try VhostNetDevice(name: spec.fullName, queuePairs: spec.queuePairs, vale: vale,
-                                            logger: logger, wakeWorker: { worker.poke() })
-            endpoints.append(Endpoint(spec: spec, device: device))
-        }
         for spec in options.hostPorts {
             guard seen.insert(spec.fullName).inserted else { throw DaemonError.startup("port \(spec.fullName) given twice") }
-            let (vale, worker) = try switchNamed(spec.switchName)
-            let tap: TapPort
-            do {
-                tap = try TapPort(name: spec.interfaceName, queues: spec.queues, mtu: spec.mtu, logger: logger)
-            } catch {
-                throw DaemonError.startup("host port \(spec.fullName): \(error)")
-            }
-            tap.setOffloads(.all)
-            let index = try vale.lock.withLock { _ throws(SwitchError) in try vale.attach(tap, named: spec.interfaceName) }
-            worker.poke()
-            hostPorts.append((spec, tap, index))
         }
+        for spec in options.ports { _ = try addEndpoint(spec) }
+        for spec in options.hostPorts { try addHostPort(spec) }
         if let path = options.controlSocket {
             try makeParentDirectory(path)
             do {
@@ -106,20 +126,6 @@ public final class Daemon: @unchecked Sendable {
                 createdSocketPaths.append(path)
             } catch {
                 throw DaemonError.startup("cannot listen on control socket \(path): \(error)")
-            }
-        }
-        for e in endpoints where e.spec.mode == .server {
-            if let fd = e.spec.inheritedDescriptor {
-                guard fcntl(fd, F_GETFD) >= 0 else { throw DaemonError.startup("--fd \(fd) is not an open descriptor") }
-                continue
-            }
-            guard let path = e.spec.socketPath else { throw DaemonError.startup("\(e.spec.fullName): no socket path") }
-            try makeParentDirectory(path)
-            do {
-                e.listener = try UnixSocket.listen(path: path, mode: e.spec.socketMode.map { mode_t($0) })
-                createdSocketPaths.append(path)
-            } catch {
-                throw DaemonError.startup("cannot listen on \(path) for \(e.spec.fullName): \(error)")
             }
         }
     }
@@ -134,13 +140,117 @@ public final class Daemon: @unchecked Sendable {
         }
     }
 
-    private func switchNamed(_ name: String) throws -> (VALESwitch, SwitchWorker) {
-        if let s = switches.first(where: { $0.vale.name == name }) { return s }
-        let vale = VALESwitch(name: name)
+    /// Decides between the kernel and the embedded switch, and says which and why.
+    static func resolveSwitch(_ mode: SwitchMode, logger: Logger) throws -> Bool {
+        if mode == .embedded {
+            logger.info("switch: embedded (--switch embedded)")
+            return false
+        }
+        let availability = NetmapAvailability.probe()
+        switch availability {
+        case .available(let memory):
+            logger.info("switch: netmap kernel module (/dev/netmap, API \(NetmapControl.apiVersion), global memory \(memory / 1_048_576) MiB)")
+            return true
+        case .noDevice(let why), .apiMismatch(let why), .failed(let why):
+            if mode == .kernel { throw DaemonError.startup("--switch kernel: \(why)") }
+            logger.info("switch: embedded (\(why))")
+            return false
+        }
+    }
+
+    /// Creates a vhost-user device for `spec` on its switch (kernel mode: on a switch of its
+    /// own, cross-connected to the netmap port), and its listening socket in server mode.
+    private func addEndpoint(_ spec: PortSpec) throws -> Endpoint {
+        let (vale, worker): (VALESwitch, SwitchWorker)
+        if usesKernel {
+            (vale, worker) = try crossConnect(spec.kernelPortName, as: spec.fullName)
+        } else {
+            guard !spec.switchName.isEmpty else {
+                throw DaemonError.startup("\(spec.fullName): only valeX:Y names are served by the embedded switch; NICs, host rings, pipes, flags and options need the netmap kernel module (--switch kernel)")
+            }
+            (vale, worker) = try switchNamed(spec.switchName)
+        }
+        let device = try VhostNetDevice(name: spec.fullName, queuePairs: spec.queuePairs, vale: vale,
+                                        logger: logger, wakeWorker: { worker.poke() })
+        let e = Endpoint(spec: spec, device: device, vale: vale)
+        if spec.mode == .server {
+            if let fd = spec.inheritedDescriptor {
+                guard fcntl(fd, F_GETFD) >= 0 else {
+                    device.detachFromSwitch()
+                    throw DaemonError.startup("--fd \(fd) is not an open descriptor")
+                }
+            } else {
+                guard let path = spec.socketPath else { throw DaemonError.startup("\(spec.fullName): no socket path") }
+                do {
+                    try makeParentDirectory(path)
+                    e.listener = try UnixSocket.listen(path: path, mode: spec.socketMode.map { mode_t($0) })
+                    createdSocketPaths.append(path)
+                } catch {
+                    device.detachFromSwitch()
+                    throw DaemonError.startup("cannot listen on \(path) for \(spec.fullName): \(error)")
+                }
+            }
+        }
+        endpoints.append(e)
+        if running { start(e) }
+        return e
+    }
+
+    /// Creates a host port (TAP) on its switch.
+    private func addHostPort(_ spec: HostPortSpec) throws {
+        let (vale, worker): (VALESwitch, SwitchWorker)
+        if usesKernel {
+            let name = try NetmapPortName.parse(spec.fullName)
+            (vale, worker) = try crossConnect(name, as: spec.fullName)
+        } else {
+            (vale, worker) = try switchNamed(spec.switchName)
+        }
+        let tap: TapPort
+        do {
+            tap = try TapPort(name: spec.interfaceName, queues: spec.queues, mtu: spec.mtu, logger: logger)
+        } catch {
+            throw DaemonError.startup("host port \(spec.fullName): \(error)")
+        }
+        tap.setOffloads(.all)
+        let index = try vale.lock.withLock { _ throws(SwitchError) in try vale.attach(tap, named: spec.interfaceName) }
+        worker.poke()
+        hostPorts.append(HostPortEntry(spec: spec, port: tap, index: index, vale: vale))
+        updateHostOffloads(on: spec.switchName)
+    }
+
+    /// Kernel mode: registers `name` on /dev/netmap and puts it on a new two-port switch.
+    private func crossConnect(_ name: NetmapPortName, as label: String) throws -> (VALESwitch, SwitchWorker) {
+        let registration: NetmapRegistration
+        let port: NetmapKernelPort
+        do {
+            registration = try NetmapRegistration(name)
+            port = try registration.makePort()
+        } catch {
+            throw DaemonError.startup("\(label): cannot open netmap port \(name.kernelName): \(error)")
+        }
+        if registration.headerLength == 0 {
+            logger.notice("\(label): netmap port \(name.kernelName) takes no virtio-net header: frames needing checksum or TSO offloads are dropped there")
+        }
+        let vale = VALESwitch(name: label)
+        let worker = try addSwitch(vale)
+        let index = try vale.lock.withLock { _ throws(SwitchError) in try vale.attach(port, named: "netmap") }
+        kernelBindings.append(KernelBinding(registration: registration, port: port, index: index, vale: vale))
+        logger.info("\(label): on netmap port \(name.kernelName) (memory id \(registration.memoryID), \(registration.headerLength)-byte header)")
+        return (vale, worker)
+    }
+
+    private func addSwitch(_ vale: VALESwitch) throws -> SwitchWorker {
         let cpu = switches.count < options.workerCPUs.count ? options.workerCPUs[switches.count] : nil
         let worker = try SwitchWorker(vale: vale, busyPoll: options.busyPoll, cpu: cpu, logger: logger)
         switches.append((vale, worker))
-        return (vale, worker)
+        if running { worker.start() }
+        return worker
+    }
+
+    private func switchNamed(_ name: String) throws -> (VALESwitch, SwitchWorker) {
+        if let s = switches.first(where: { $0.vale.name == name }) { return s }
+        let vale = VALESwitch(name: name)
+        return (vale, try addSwitch(vale))
     }
 
     /// Runs until SIGTERM/SIGINT (or, with an inherited connection, until it closes).
@@ -156,20 +266,24 @@ public final class Daemon: @unchecked Sendable {
         if let l = controlListener {
             acceptConnections(on: l.rawValue, what: "control socket") { [unowned self] in serveControlClient($0) }
         }
-        for e in endpoints {
-            if let fd = e.spec.inheritedDescriptor {
-                attach(OwnedDescriptor(adopting: fd), to: e)
-            } else if let l = e.listener {
-                logger.info("\(e.spec.fullName): listening on \(e.spec.socketPath!) (\(e.spec.queuePairs) queue pair(s))")
-                acceptConnections(on: l.rawValue, what: e.spec.fullName) { [unowned self] in acceptFrontEnd($0, for: e) }
-            } else {
-                connect(e)
-            }
-        }
-        logger.info("vhost-netmap running: \(endpoints.count) vhost-user port(s), \(hostPorts.count) host port(s) on \(switches.count) embedded switch(es)\(options.busyPoll ? ", busy-polling" : "")")
+        running = true
+        for e in endpoints { start(e) }
+        logger.info("vhost-netmap running: \(endpoints.count) vhost-user port(s), \(hostPorts.count) host port(s) on \(usesKernel ? "netmap kernel ports (\(switches.count) cross-connect worker(s))" : "\(switches.count) embedded switch(es)")\(options.busyPoll ? ", busy-polling" : "")")
         loop.run()
         shutDown()
         return exitCode
+    }
+
+    /// Starts serving an endpoint: its inherited connection, its listener, or its connection attempts.
+    private func start(_ e: Endpoint) {
+        if let fd = e.spec.inheritedDescriptor {
+            attach(OwnedDescriptor(adopting: fd), to: e)
+        } else if let l = e.listener {
+            logger.info("\(e.spec.fullName): listening on \(e.spec.socketPath!) (\(e.spec.queuePairs) queue pair(s))")
+            e.listenerWatch = acceptConnections(on: l.rawValue, what: e.spec.fullName) { [unowned self] in acceptFrontEnd($0, for: e) }
+        } else {
+            connect(e)
+        }
     }
 
     private func watchSignals() {
@@ -211,14 +325,15 @@ public final class Daemon: @unchecked Sendable {
 
     /// Multishot accept on `listener`; on an error (e.g. out of descriptors) it pauses for 100 ms
     /// rather than spin, then accepts again.
-    private func acceptConnections(on listener: CInt, what: String, _ body: @escaping (OwnedDescriptor) -> Void) {
+    @discardableResult
+    private func acceptConnections(on listener: CInt, what: String, _ body: @escaping (OwnedDescriptor) -> Void) -> EventLoop.Token {
         loop.acceptConnections(on: listener) { [unowned self] result in
             if result >= 0 {
                 body(OwnedDescriptor(adopting: result))
                 return .keepWatching
             }
             logger.warning("\(what): accept failed: \(String(cString: strerror(-result))); retrying in 100 ms")
-            loop.after(nanoseconds: 100_000_000) { [unowned self] in acceptConnections(on: listener, what: what, body) }
+            loop.after(nanoseconds: 100_000_000) { [unowned self] in _ = acceptConnections(on: listener, what: what, body) }
             return .stop
         }
     }
@@ -232,7 +347,7 @@ public final class Daemon: @unchecked Sendable {
     }
 
     private func connect(_ e: Endpoint) {
-        guard let path = e.spec.socketPath else { return }
+        guard let path = e.spec.socketPath, !e.removed else { return }
         do {
             let socket = try UnixSocket.connect(path: path)
             e.backoff = 0
@@ -242,7 +357,7 @@ public final class Daemon: @unchecked Sendable {
             if e.connects == 0 || e.backoff == options.reconnectMaxNanoseconds {
                 logger.info("\(e.spec.fullName): connecting to \(path) failed (\(error)); retrying in \(e.backoff / 1_000_000) ms")
             }
-            loop.after(nanoseconds: e.backoff) { [unowned self] in connect(e) }
+            e.reconnectTimer = loop.after(nanoseconds: e.backoff) { [unowned self] in connect(e) }
         }
     }
 
@@ -277,7 +392,7 @@ public final class Daemon: @unchecked Sendable {
             loop.stop()
         } else if e.spec.mode == .client {
             e.backoff = options.reconnectInitialNanoseconds
-            loop.after(nanoseconds: e.backoff) { [unowned self] in connect(e) }
+            e.reconnectTimer = loop.after(nanoseconds: e.backoff) { [unowned self] in connect(e) }
         }
     }
 
@@ -309,7 +424,7 @@ public final class Daemon: @unchecked Sendable {
     /// One short request line per connection, read through io_uring; the answer is sent and the
     /// connection closed. A client that sends nothing is dropped after 5 s.
     private func serveControlClient(_ client: OwnedDescriptor) {
-        let request = loop.readRepeatedly(client.rawValue, length: 256) { [unowned self] bytes, _ in
+        let request = loop.readRepeatedly(client.rawValue, length: 1024) { [unowned self] bytes, _ in
             let line = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
             let answer = controlAnswer(line)
             Array((answer + "\n").utf8).withUnsafeBytes { _ = try? UnixSocket.send(client.rawValue, $0) }
@@ -318,13 +433,101 @@ public final class Daemon: @unchecked Sendable {
         loop.after(nanoseconds: 5_000_000_000) { [unowned self] in loop.cancel(request) }
     }
 
-    private func controlAnswer(_ line: String) -> String {
-        switch line {
+    /// One request line: `stats`, `fdb`, `ping`, and the switch management that `vhost-netmap
+    /// vale` sends: `list`, `attach SPEC` (a vhost-user port, --port syntax), `attach-host SPEC`
+    /// (a host port, --host-port syntax), `detach NAME`. Management answers are text: "ok ..." or
+    /// "error: ...".
+    func controlAnswer(_ line: String) -> String {
+        let words = line.split(separator: " ", maxSplits: 1).map(String.init)
+        let argument = words.count > 1 ? words[1].trimmingCharacters(in: .whitespaces) : ""
+        switch words.first ?? "" {
         case "stats": return statisticsJSON(pretty: true)
         case "fdb": return forwardingTableJSON()
         case "ping": return "pong"
-        default: return "{\"error\": \"unknown command '\(line.prefix(32))'; try: stats, fdb, ping\"}"
+        case "list": return listPorts(argument)
+        case "attach":
+            do {
+                let spec = try PortSpec.parse(argument)
+                guard !endpoints.contains(where: { $0.spec.fullName == spec.fullName }),
+                      !hostPorts.contains(where: { $0.spec.fullName == spec.fullName }) else {
+                    return "error: port \(spec.fullName) exists"
+                }
+                let e = try addEndpoint(spec)
+                logger.notice("control: attached \(spec.fullName) (\(spec.socketPath ?? "?"))")
+                return "ok attached \(e.spec.fullName) port \(e.device.portIndex)"
+            } catch {
+                return "error: \(error)"
+            }
+        case "attach-host":
+            do {
+                let spec = try HostPortSpec.parse(argument)
+                guard !endpoints.contains(where: { $0.spec.fullName == spec.fullName }),
+                      !hostPorts.contains(where: { $0.spec.fullName == spec.fullName }) else {
+                    return "error: port \(spec.fullName) exists"
+                }
+                try addHostPort(spec)
+                logger.notice("control: attached host port \(spec.fullName)")
+                return "ok attached \(spec.fullName)"
+            } catch {
+                return "error: \(error)"
+            }
+        case "detach":
+            if let problem = removePort(argument) { return "error: \(problem)" }
+            logger.notice("control: detached \(argument)")
+            return "ok detached \(argument)"
+        default:
+            return "error: unknown command '\(line.prefix(32))'; try: stats, fdb, ping, list, attach, attach-host, detach"
         }
+    }
+
+    /// vale-ctl's listing: one line per port, "NAME bridge B port P", switches in order of creation.
+    private func listPorts(_ filter: String) -> String {
+        var lines: [String] = []
+        for (b, s) in switches.enumerated() {
+            let ports = s.vale.lock.withLock { _ in s.vale.attachedPorts }
+            for p in ports {
+                let name = usesKernel ? s.vale.name : "\(s.vale.name):\(p.name)"
+                if usesKernel && p.name == "netmap" { continue }
+                if !filter.isEmpty && name != filter && s.vale.name != filter { continue }
+                lines.append("\(name) bridge \(b) port \(p.index)")
+            }
+        }
+        return lines.isEmpty ? (filter.isEmpty ? "" : "error: no port \(filter)") : lines.joined(separator: "\n")
+    }
+
+    /// Removes a vhost-user or host port (and, in kernel mode, its netmap binding and worker).
+    /// Returns an error text, or nil.
+    private func removePort(_ name: String) -> String? {
+        var vale: VALESwitch?
+        if let i = endpoints.firstIndex(where: { $0.spec.fullName == name }) {
+            let e = endpoints.remove(at: i)
+            e.removed = true
+            for token in [e.listenerWatch, e.connectionWatch, e.reconnectTimer].compactMap({ $0 }) { loop.cancel(token) }
+            e.connection = nil
+            e.device.detachFromSwitch()
+            if e.listener != nil, let path = e.spec.socketPath {
+                unlink(path)
+                createdSocketPaths.removeAll { $0 == path }
+            }
+            e.listener = nil
+            vale = e.vale
+        } else if let i = hostPorts.firstIndex(where: { $0.spec.fullName == name }) {
+            let h = hostPorts.remove(at: i)
+            h.vale.lock.withLock { _ in h.vale.detach(index: h.index) }
+            vale = h.vale
+        } else {
+            return "no port \(name)"
+        }
+        if let vale, let k = kernelBindings.firstIndex(where: { $0.vale === vale }) {
+            kernelBindings.remove(at: k)
+            if let w = switches.firstIndex(where: { $0.vale === vale }) {
+                switches[w].worker.stop()
+                switches.remove(at: w)
+            }
+        } else if let vale, let w = switches.first(where: { $0.vale === vale }) {
+            w.worker.poke()
+        }
+        return nil
     }
 
     public struct PortReport: Codable, Sendable {
@@ -350,29 +553,49 @@ public final class Daemon: @unchecked Sendable {
         public var counters: PortCounters
     }
 
+    public struct NetmapPortReport: Codable, Sendable {
+        public var name: String
+        public var index: Int
+        public var headerLength: Int
+        public var memoryID: Int
+        public var syncErrors: UInt64
+        public var badSlots: UInt64
+        public var counters: PortCounters
+    }
+
     public struct SwitchReport: Codable, Sendable {
         public var name: String
+        /// "embedded", or "netmap-cross-connect" (a guest and its netmap port, in kernel mode).
+        public var kind: String
         public var learnedAddresses: Int
         public var ports: [PortReport]
         public var hostPorts: [HostPortReport]
+        public var netmapPorts: [NetmapPortReport]
     }
 
     public func statistics() -> [SwitchReport] {
         switches.map { s in
             s.vale.lock.withLock { _ in
-                let ports = endpoints.filter { $0.spec.switchName == s.vale.name }.map { e in
+                let ports = endpoints.filter { $0.vale === s.vale }.map { e in
                     PortReport(name: e.spec.fullName, index: e.device.portIndex,
                                socket: e.spec.socketPath ?? "fd:\(e.spec.inheritedDescriptor ?? -1)",
                                mode: e.spec.mode.rawValue, queuePairs: e.spec.queuePairs,
                                connected: e.connection != nil, device: e.device.statusLocked(),
                                counters: s.vale.counters[e.device.portIndex])
                 }
-                let taps = hostPorts.filter { $0.spec.switchName == s.vale.name }.map { h in
+                let taps = hostPorts.filter { $0.vale === s.vale }.map { h in
                     HostPortReport(name: h.spec.fullName, index: h.index, interface: h.spec.interfaceName, queues: h.spec.queues,
                                    offloads: h.port.offloads.description, readErrors: h.port.readErrors,
                                    writeErrors: h.port.writeErrors, writesWhileDown: h.port.writesWhileDown, counters: s.vale.counters[h.index])
                 }
-                return SwitchReport(name: s.vale.name, learnedAddresses: s.vale.learning.entryCount, ports: ports, hostPorts: taps)
+                let netmap = kernelBindings.filter { $0.vale === s.vale }.map { k in
+                    NetmapPortReport(name: k.registration.name.text, index: k.index, headerLength: k.registration.headerLength,
+                                     memoryID: Int(k.registration.memoryID), syncErrors: k.port.syncErrors,
+                                     badSlots: k.port.badSlots, counters: s.vale.counters[k.index])
+                }
+                return SwitchReport(name: s.vale.name, kind: usesKernel ? "netmap-cross-connect" : "embedded",
+                                    learnedAddresses: s.vale.learning.entryCount, ports: ports, hostPorts: taps,
+                                    netmapPorts: netmap)
             }
         }
     }

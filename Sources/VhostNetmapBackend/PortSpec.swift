@@ -1,3 +1,5 @@
+import Netmap
+
 /// How one vhost-user device is exposed: which switch port, which socket, which mode.
 public struct PortSpec: Sendable, Equatable {
     public enum Mode: String, Sendable {
@@ -16,6 +18,8 @@ public struct PortSpec: Sendable, Equatable {
     public var queuePairs: Int
     /// Socket file permissions (server mode), e.g. 0o660 for a group shared with QEMU.
     public var socketMode: UInt32?
+    /// The port's netmap name, as the kernel path registers it.
+    public var netmapName: NetmapPortName?
 
     public init(switchName: String, portName: String, socketPath: String?, inheritedDescriptor: Int32? = nil,
                 mode: Mode = .server, queuePairs: Int = 1, socketMode: UInt32? = nil) {
@@ -28,7 +32,12 @@ public struct PortSpec: Sendable, Equatable {
         self.socketMode = socketMode
     }
 
-    public var fullName: String { "\(switchName):\(portName)" }
+    public var fullName: String { switchName.isEmpty ? portName : "\(switchName):\(portName)" }
+
+    /// The netmap port the kernel path registers for this device.
+    public var kernelPortName: NetmapPortName {
+        netmapName ?? (try? NetmapPortName.parse(fullName)) ?? NetmapPortName(kind: .vale(switchName: switchName, port: portName), text: fullName)
+    }
 
     public enum ParseError: Error, CustomStringConvertible, Equatable {
         case message(String)
@@ -44,9 +53,18 @@ public struct PortSpec: Sendable, Equatable {
         }
         let name = String(text[..<eq])
         let rest = text[text.index(after: eq)...].split(separator: ",", omittingEmptySubsequences: false).map(String.init)
-        let (sw, port) = try parseName(name)
+        let parsed: NetmapPortName
+        do { parsed = try NetmapPortName.parse(name) } catch { throw .message(error.description) }
         guard let path = rest.first, !path.isEmpty else { throw .message("'\(text)': missing socket path after '='") }
-        var spec = PortSpec(switchName: sw, portName: port, socketPath: path)
+        var spec: PortSpec
+        if case .vale(let sw, let port) = parsed.kind, parsed.text == "\(sw):\(port)" {
+            spec = PortSpec(switchName: sw, portName: port, socketPath: path)
+        } else {
+            // A netmap port other than a plain VALE one (a NIC, host rings, a pipe, or flags and
+            // options): only the kernel serves it.
+            spec = PortSpec(switchName: "", portName: parsed.text, socketPath: path)
+        }
+        spec.netmapName = parsed
         for option in rest.dropFirst() {
             if option == "client" { spec.mode = .client }
             else if option == "server" { spec.mode = .server }
@@ -67,18 +85,15 @@ public struct PortSpec: Sendable, Equatable {
         return spec
     }
 
-    /// Splits `valeX:Y`, with VALE's naming rules: names of [0-9a-zA-Z_], total < IFNAMSIZ (16).
+    /// Splits `valeX:Y`, with VALE's naming rules (netmap's parser: names of [0-9a-zA-Z_],
+    /// switch and port at most 15 characters each).
     public static func parseName(_ name: String) throws(ParseError) -> (String, String) {
-        let parts = name.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
-        guard parts.count == 2, parts[0].hasPrefix("vale"), parts[0].count > 4, !parts[1].isEmpty else {
+        let parsed: NetmapPortName
+        do { parsed = try NetmapPortName.parse(name) } catch { throw .message(error.description) }
+        guard case .vale(let sw, let port) = parsed.kind, parsed.text == "\(sw):\(port)" else {
             throw .message("'\(name)': expected valeX:Y (e.g. vale0:vm1)")
         }
-        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
-        guard parts[0].dropFirst(4).allSatisfy({ allowed.contains($0) }), parts[1].allSatisfy({ allowed.contains($0) }) else {
-            throw .message("'\(name)': switch and port names may only use [0-9a-zA-Z_]")
-        }
-        guard name.utf8.count < 16 else { throw .message("'\(name)': longer than 15 characters (IFNAMSIZ)") }
-        return (parts[0], parts[1])
+        return (sw, port)
     }
 }
 

@@ -9,7 +9,7 @@ struct VhostNetmapCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vhost-netmap",
         abstract: "A vhost-user virtio-net back-end that plugs VMs into netmap/VALE switches.",
-        subcommands: [Serve.self, Stats.self, ForwardingTable.self, QemuArgs.self],
+        subcommands: [Serve.self, Stats.self, ForwardingTable.self, Vale.self, KernelCheck.self, QemuArgs.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -53,6 +53,9 @@ struct Serve: ParsableCommand {
     @Flag(name: .customLong("print-capabilities"), help: "Print the back-end capabilities as JSON and exit.")
     var printCapabilities = false
 
+    @Option(name: .customLong("switch"), help: "auto (the netmap kernel module when /dev/netmap is usable), kernel, or embedded.")
+    var switchMode: String = "auto"
+
     @Option(name: .customLong("control"), help: "Control socket for 'vhost-netmap stats' (empty to disable).")
     var control: String = "/run/vhost-netmap/control.sock"
 
@@ -70,6 +73,7 @@ struct Serve: ParsableCommand {
         if !printCapabilities && ports.isEmpty && hostPorts.isEmpty && socketPath == nil && fd == nil {
             throw ValidationError("give at least one --port or --host-port (or --socket-path / --fd)")
         }
+        if SwitchMode(rawValue: switchMode) == nil { throw ValidationError("--switch must be auto, kernel or embedded") }
         if !(1...PortSpec.maxQueuePairs).contains(queues) { throw ValidationError("--queues must be 1...\(PortSpec.maxQueuePairs)") }
     }
 
@@ -100,6 +104,7 @@ struct Serve: ParsableCommand {
         var options = DaemonOptions(ports: specs, controlSocket: control.isEmpty ? nil : control)
         options.busyPoll = busyPoll
         options.hostPorts = hostSpecs
+        options.switchMode = SwitchMode(rawValue: switchMode)!
         options.workerCPUs = workerCPUs
         let daemon: Daemon
         do {
