@@ -157,3 +157,26 @@ import Virtio
         #expect(model.resets == 0 && port.badSlots == 0)
     }
 }
+
+@Suite struct NetmapRegionValidation {
+    @Test(arguments: [Int64(1 << 40), -8192, 8])
+    func ringOffsetsOutsideTheMappingAreRefused(offset: Int64) {
+        let model = KernelModel()
+        // ring_ofs[0] (the first TX ring) now points outside the region (or into the interface).
+        (model.memory + model.interfaceOffset + 56).storeBytes(of: offset, as: Int64.self)
+        do {
+            _ = try NetmapKernelPort(name: "x", region: model.region, headerLength: 12, sync: model, pollDescriptor: -1)
+            Issue.record("a ring at offset \(offset) was accepted")
+        } catch {
+            #expect("\(error)".contains("netmap region"))
+        }
+    }
+
+    @Test func aRingClaimingMoreSlotsThanFitIsRefused() {
+        let model = KernelModel(slots: 64)
+        model.ring(rx: 0).pointee.num_slots = 1 << 30
+        #expect(throws: NetmapRegion.LayoutError.self) {
+            _ = try NetmapKernelPort(name: "x", region: model.region, headerLength: 12, sync: model, pollDescriptor: -1)
+        }
+    }
+}

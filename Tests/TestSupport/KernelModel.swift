@@ -14,7 +14,7 @@ public final class KernelModel: NetmapSync, @unchecked Sendable {
     public let region: NetmapRegion
     public let slots: Int
     public let bufferSize: Int
-    let interfaceOffset = 4096 + 128
+    public let interfaceOffset = 4096 + 128
     var rings: [UnsafeMutablePointer<vnm_ring>] = []
     var hwcur: [UInt32] = []
     var hwtail: [UInt32] = []
