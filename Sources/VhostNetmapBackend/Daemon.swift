@@ -185,6 +185,12 @@ public final class Daemon: @unchecked Sendable {
                     try makeParentDirectory(path)
                     e.listener = try UnixSocket.listen(path: path, mode: spec.socketMode.map { mode_t($0) })
                     createdSocketPaths.append(path)
+                    if let group = spec.socketGroup {
+                        guard let entry = getgrnam(group) else { throw DaemonError.startup("unknown group '\(group)'") }
+                        guard chown(path, uid_t.max, entry.pointee.gr_gid) == 0 else {
+                            throw DaemonError.startup("chown \(path) to group \(group): \(String(cString: strerror(errno)))")
+                        }
+                    }
                 } catch {
                     device.detachFromSwitch()
                     throw DaemonError.startup("cannot listen on \(path) for \(spec.fullName): \(error)")

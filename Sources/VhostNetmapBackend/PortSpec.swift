@@ -18,6 +18,8 @@ public struct PortSpec: Sendable, Equatable {
     public var queuePairs: Int
     /// Socket file permissions (server mode), e.g. 0o660 for a group shared with QEMU.
     public var socketMode: UInt32?
+    /// Group to give the socket file (server mode), e.g. the group QEMU runs with under libvirt.
+    public var socketGroup: String?
     /// The port's netmap name, as the kernel path registers it.
     public var netmapName: NetmapPortName?
 
@@ -46,7 +48,7 @@ public struct PortSpec: Sendable, Equatable {
 
     public static let maxQueuePairs = 16
 
-    /// Parses `valeX:Y=/path/to.sock[,client][,queues=N][,mode=0660]`.
+    /// Parses `valeX:Y=/path/to.sock[,client][,queues=N][,mode=0660][,group=kvm]`.
     public static func parse(_ text: String) throws(ParseError) -> PortSpec {
         guard let eq = text.firstIndex(of: "=") else {
             throw .message("'\(text)': expected SWITCH:PORT=SOCKET[,client][,queues=N][,mode=0660]")
@@ -73,13 +75,17 @@ public struct PortSpec: Sendable, Equatable {
                     throw .message("'\(option)': queues must be 1...\(maxQueuePairs)")
                 }
                 spec.queuePairs = n
+            } else if option.hasPrefix("group=") {
+                let g = String(option.dropFirst(6))
+                guard !g.isEmpty else { throw .message("'\(option)': group= needs a group name") }
+                spec.socketGroup = g
             } else if option.hasPrefix("mode=") {
                 guard let m = UInt32(option.dropFirst(5), radix: 8), m <= 0o777 else {
                     throw .message("'\(option)': mode must be octal, e.g. mode=0660")
                 }
                 spec.socketMode = m
             } else {
-                throw .message("'\(option)': unknown option (client, server, queues=N, mode=OCTAL)")
+                throw .message("'\(option)': unknown option (client, server, queues=N, mode=OCTAL, group=NAME)")
             }
         }
         return spec

@@ -6,15 +6,29 @@ import Testing
 /// (`../shared/reference/netmap-abi.json`): every size, field offset, ioctl number and constant
 /// the code uses must match, and every structure we declare must be covered by the file.
 @Suite struct NetmapABI {
-    static let referencePath: String = {
-        let here = URL(fileURLWithPath: #filePath)
-        let root = here.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        return root.deletingLastPathComponent().appendingPathComponent("shared/reference/netmap-abi.json").path
-    }()
+    static let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    /// The shared reference beside the project (the source of truth) when it is there.
+    static let sharedPath = repositoryRoot.deletingLastPathComponent().appendingPathComponent("shared/reference/netmap-abi.json").path
+    /// The copy kept in kernel/abi/ so a clone without ../shared still checks the ABI.
+    static let copyPath = repositoryRoot.appendingPathComponent("kernel/abi/netmap-abi.json").path
+
+    static var referencePath: String {
+        if let p = ProcessInfo.processInfo.environment["VHOST_NETMAP_ABI_JSON"] { return p }
+        return FileManager.default.fileExists(atPath: sharedPath) ? sharedPath : copyPath
+    }
 
     static func reference() throws -> [String: Any] {
         let data = try Data(contentsOf: URL(fileURLWithPath: referencePath))
         return try JSONSerialization.jsonObject(with: data) as! [String: Any]
+    }
+
+    /// The copy in kernel/abi/ must be the shared reference, byte for byte, wherever both exist.
+    @Test func theKeptCopyIsTheReference() throws {
+        let copy = try Data(contentsOf: URL(fileURLWithPath: Self.copyPath))
+        #expect(copy.count > 1000)
+        if FileManager.default.fileExists(atPath: Self.sharedPath) {
+            #expect(copy == (try Data(contentsOf: URL(fileURLWithPath: Self.sharedPath))), "kernel/abi/netmap-abi.json differs from ../shared/reference/netmap-abi.json: copy it again")
+        }
     }
 
     static func table(_ kind: Int32) -> [(String, UInt64)] {

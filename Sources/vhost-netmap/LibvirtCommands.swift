@@ -1,0 +1,98 @@
+import ArgumentParser
+import Foundation
+import VhostNetmapBackend
+
+/// libvirt domain XML for a vhost-netmap port: the `<interface type='vhostuser'>` element and
+/// the shared `<memoryBacking>` vhost-user needs, or (with --domain) a whole direct-kernel-boot
+/// domain. Socket paths follow the convention the libvirt hook reads back:
+/// SOCKET_DIR/<switch>/<port>.sock.
+struct LibvirtXML: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "libvirt-xml",
+        abstract: "Print libvirt XML for a port: <interface> and <memoryBacking>, or a whole domain.")
+
+    @Option(help: "The switch port, valeX:Y.") var port: String
+    @Option(help: "Directory of the sockets (the hook's VHOST_NETMAP_SOCKET_DIR).") var socketDir: String = "/run/vhost-netmap"
+    @Option(help: "Guest MAC address.") var mac: String = "52:54:00:00:00:01"
+    @Option(help: "Queue pairs.") var queues: Int = 1
+    @Flag(help: "QEMU listens and the back-end connects (libvirt mode='server'); default: QEMU connects.") var qemuListens = false
+    @Flag(help: "Only the <interface> element (for virsh attach-device).") var interfaceOnly = false
+    @Option(help: "Print a whole domain with this name.") var domain: String?
+    @Option(help: "Domain memory in MiB.") var memory: Int = 256
+    @Option(help: "Kernel for direct boot.") var kernel: String?
+    @Option(help: "Initramfs for direct boot.") var initrd: String?
+    @Option(help: "Kernel command line (pci=nomsi is added: Debian's QEMU 7.2 crashes under TCG with vhost-user and MSI-X).") var cmdline: String = "console=ttyS0 panic=-1"
+    @Option(help: "File for the serial console.") var serialLog: String?
+
+    func validate() throws {
+        do { _ = try PortSpec.parseName(port) } catch { throw ValidationError(error.description) }
+        if !(1...PortSpec.maxQueuePairs).contains(queues) { throw ValidationError("--queues must be 1...\(PortSpec.maxQueuePairs)") }
+        if domain != nil && (kernel == nil || initrd == nil) { throw ValidationError("--domain needs --kernel and --initrd") }
+    }
+
+    static func escape(_ s: String) -> String {
+        s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "'", with: "&apos;")
+            .replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
+    }
+
+    var interfaceElement: String {
+        let (sw, p) = try! PortSpec.parseName(port)
+        let path = "\(socketDir)/\(sw)/\(p).sock"
+        var lines = [
+            "<interface type='vhostuser'>",
+            "  <mac address='\(Self.escape(mac))'/>",
+            "  <source type='unix' path='\(Self.escape(path))' mode='\(qemuListens ? "server" : "client")'/>",
+            "  <model type='virtio'/>",
+        ]
+        if queues > 1 { lines.append("  <driver queues='\(queues)'/>") }
+        lines.append("</interface>")
+        return lines.joined(separator: "\n")
+    }
+
+    static let memoryBacking = """
+        <memoryBacking>
+          <source type='memfd'/>
+          <access mode='shared'/>
+        </memoryBacking>
+        """
+
+    func run() throws {
+        if interfaceOnly {
+            print(interfaceElement)
+            return
+        }
+        guard let domain else {
+            print(Self.memoryBacking)
+            print(interfaceElement)
+            return
+        }
+        let indent = { (s: String) in s.split(separator: "\n").map { "    " + $0 }.joined(separator: "\n") }
+        let command = cmdline.contains("pci=nomsi") ? cmdline : cmdline + " pci=nomsi"
+        print("""
+            <domain type='qemu'>
+              <name>\(Self.escape(domain))</name>
+              <memory unit='MiB'>\(memory)</memory>
+            \(Self.memoryBacking.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
+              <vcpu>1</vcpu>
+              <os>
+                <type arch='x86_64' machine='pc'>hvm</type>
+                <kernel>\(Self.escape(kernel!))</kernel>
+                <initrd>\(Self.escape(initrd!))</initrd>
+                <cmdline>\(Self.escape(command))</cmdline>
+              </os>
+              <features><acpi/></features>
+              <on_poweroff>destroy</on_poweroff>
+              <on_reboot>destroy</on_reboot>
+              <on_crash>destroy</on_crash>
+              <devices>
+                <emulator>/usr/bin/qemu-system-x86_64</emulator>
+            \(indent(interfaceElement))
+                <serial type='\(serialLog == nil ? "pty" : "file")'>
+            \(serialLog.map { "      <source path='\(Self.escape($0))'/>\n" } ?? "")      <target port='0'/>
+                </serial>
+                <memballoon model='none'/>
+              </devices>
+            </domain>
+            """)
+    }
+}
