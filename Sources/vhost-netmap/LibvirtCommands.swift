@@ -41,7 +41,10 @@ struct LibvirtXML: ParsableCommand {
         var lines = [
             "<interface type='vhostuser'>",
             "  <mac address='\(Self.escape(mac))'/>",
-            "  <source type='unix' path='\(Self.escape(path))' mode='\(qemuListens ? "server" : "client")'/>",
+            // QEMU as the client reconnects when the back-end restarts (libvirt ≥ 4.1, seconds).
+            qemuListens
+                ? "  <source type='unix' path='\(Self.escape(path))' mode='server'/>"
+                : "  <source type='unix' path='\(Self.escape(path))' mode='client'>\n    <reconnect enabled='yes' timeout='1'/>\n  </source>",
             "  <model type='virtio'/>",
         ]
         if queues > 1 { lines.append("  <driver queues='\(queues)'/>") }

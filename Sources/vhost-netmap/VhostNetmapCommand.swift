@@ -148,23 +148,76 @@ struct ForwardingTable: ParsableCommand {
 struct QemuArgs: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "qemu-args",
-        abstract: "Print the QEMU options that connect a VM to a port's vhost-user socket.")
+        abstract: "Print the QEMU options that connect a VM to a port's vhost-user socket.",
+        discussion: """
+        The socket is --socket, or SOCKET_DIR/<switch>/<port>.sock for --port valeX:Y. By default
+        QEMU connects and reconnects (reconnect-ms=1000 from QEMU 9.2, reconnect=1 before; the
+        version is read from qemu-system-x86_64 unless --qemu-version is given): serve the port
+        in server mode. With --qemu-listens QEMU listens (server=on,wait=off): serve it with ,client.
+        """)
 
-    @Option(help: "The port's socket path.") var socket: String
+    @Option(help: "The port's socket path.") var socket: String?
+    @Option(help: "The switch port (valeX:Y); the socket is SOCKET_DIR/<switch>/<port>.sock.") var port: String?
+    @Option(help: "Directory of the sockets for --port.") var socketDir: String = "/run/vhost-netmap"
     @Option(help: "Guest memory size, as for -m (e.g. 256M, 1G).") var memory: String = "256M"
     @Option(help: "Queue pairs.") var queues: Int = 1
+    @Option(help: "RX and TX queue size (256, 512 or 1024).") var queueSize: Int?
     @Option(help: "Guest MAC address.") var mac: String = "52:54:00:00:00:01"
     @Option(help: "QEMU netdev id.") var id: String = "net0"
+    @Option(help: "QEMU version (e.g. 9.2) for the reconnect option; default: ask qemu-system-x86_64.") var qemuVersion: String?
+    @Flag(help: "QEMU listens (server=on,wait=off) and the back-end connects.") var qemuListens = false
+    @Flag(help: "Bind the memory with -machine memory-backend= instead of -numa node,memdev=.") var machineMemoryBackend = false
     @Flag(help: "Use INTx (vectors=0): Debian's QEMU 7.2 crashes under TCG with vhost-user and MSI-X.")
     var noMsix = false
 
+    func validate() throws {
+        if (socket == nil) == (port == nil) { throw ValidationError("give --socket or --port") }
+        if let port { do { _ = try PortSpec.parseName(port) } catch { throw ValidationError(error.description) } }
+        if !(1...PortSpec.maxQueuePairs).contains(queues) { throw ValidationError("--queues must be 1...\(PortSpec.maxQueuePairs)") }
+        if let q = queueSize, ![256, 512, 1024].contains(q) { throw ValidationError("--queue-size must be 256, 512 or 1024") }
+    }
+
+    /// (major, minor) of `qemu-system-x86_64 --version`, or nil.
+    static func installedQEMUVersion() -> (Int, Int)? {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["qemu-system-x86_64", "--version"]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        guard (try? p.run()) != nil else { return nil }
+        p.waitUntilExit()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        return parseVersion(text.split(separator: " ").first { $0.first?.isNumber == true }.map(String.init) ?? "")
+    }
+
+    static func parseVersion(_ s: String) -> (Int, Int)? {
+        let parts = s.split(separator: ".").compactMap { Int($0.prefix { $0.isNumber }) }
+        return parts.count >= 2 ? (parts[0], parts[1]) : nil
+    }
+
     func run() throws {
+        let path: String
+        if let socket { path = socket } else {
+            let (sw, p) = try PortSpec.parseName(port!)
+            path = "\(socketDir)/\(sw)/\(p).sock"
+        }
+        let version = qemuVersion.flatMap(Self.parseVersion) ?? Self.installedQEMUVersion() ?? (9, 2)
+        let chardev: String
+        if qemuListens {
+            chardev = "-chardev socket,id=chr-\(id),path=\(path),server=on,wait=off"
+        } else {
+            let reconnect = version >= (9, 2) ? "reconnect-ms=1000" : "reconnect=1"
+            chardev = "-chardev socket,id=chr-\(id),path=\(path),\(reconnect)"
+        }
         let vectors = noMsix ? 0 : 2 * queues + 2
         var device = "virtio-net-pci,netdev=\(id),mac=\(mac),vectors=\(vectors)"
         if queues > 1 { device += ",mq=on" }
+        if let q = queueSize { device += ",rx_queue_size=\(q),tx_queue_size=\(q)" }
+        let memoryBinding = machineMemoryBackend ? "-machine memory-backend=mem-\(id)" : "-numa node,memdev=mem-\(id)"
         print("""
-        -object memory-backend-memfd,id=mem-\(id),size=\(memory),share=on -numa node,memdev=mem-\(id) \
-        -chardev socket,id=chr-\(id),path=\(socket),reconnect=1 \
+        -object memory-backend-memfd,id=mem-\(id),size=\(memory),share=on \(memoryBinding) \
+        \(chardev) \
         -netdev vhost-user,id=\(id),chardev=chr-\(id),queues=\(queues) \
         -device \(device)
         """)
