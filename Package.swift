@@ -12,6 +12,7 @@ import PackageDescription
 //   HostPort              TAP host ports: the switch ↔ host network stack, I/O on io_uring fixed buffers
 //   VhostNetmapBackend    vhost-user devices as switch ports, the daemon, its threads and control socket
 //   vhost-netmap          the command line
+//   PacketGenerator / pkt-gen   netmap pkt-gen's options and output over netmap, AF_PACKET, TAP, vhost-user
 // The data-path modules skip Swift's dynamic exclusivity checks: their rings and ports are used by
 // one switch worker thread under the switch lock, and the checks cost ~40% of a 64-byte packet's
 // time (measured with perf; see docs/architecture.md). Cross-module optimisation lets small helpers
@@ -25,6 +26,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "vhost-netmap", targets: ["vhost-netmap"]),
+        .executable(name: "pkt-gen", targets: ["pkt-gen"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -67,8 +69,14 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        .target(name: "PacketGenerator", dependencies: [
+            "CVhostShim", "Netmap", "VhostSystem", "VhostUser", "Virtio",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        .executableTarget(name: "pkt-gen", dependencies: ["PacketGenerator"]),
         .target(name: "TestSupport", dependencies: ["Netmap", "CNetmap"], path: "Tests/TestSupport"),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "VhostSystem", "TestSupport"]),
+        .testTarget(name: "PacketGeneratorTests", dependencies: ["PacketGenerator"]),
         .testTarget(name: "NetmapTests", dependencies: ["Netmap", "CNetmap", "VALESwitch", "Virtio", "VhostSystem", "TestSupport"]),
         .testTarget(name: "URingTests", dependencies: ["URing", "VhostSystem"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VhostSystem", "TestSupport"]),

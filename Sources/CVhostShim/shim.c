@@ -221,3 +221,59 @@ int cvh_packet_socket(const char *name, int vnet_hdr) {
     }
     return fd;
 }
+
+// MARK: plain TAP and PACKET_MMAP (pkt-gen)
+
+int cvh_tap_open_plain(const char *name) {
+    if (strlen(name) >= IFNAMSIZ) return -ENAMETOOLONG;
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return -errno;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) { int e = errno; close(fd); return -e; }
+    return fd;
+}
+
+const unsigned CVH_TP_STATUS_KERNEL = TP_STATUS_KERNEL;
+const unsigned CVH_TP_STATUS_USER = TP_STATUS_USER;
+const unsigned CVH_TP_STATUS_SEND_REQUEST = TP_STATUS_SEND_REQUEST;
+const unsigned CVH_TP_STATUS_AVAILABLE = TP_STATUS_AVAILABLE;
+const unsigned CVH_TP_STATUS_WRONG_FORMAT = TP_STATUS_WRONG_FORMAT;
+
+void *cvh_packet_rings(int fd, unsigned frame_size, unsigned frames) {
+    int version = TPACKET_V2;
+    if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &version, sizeof(version)) < 0) return NULL;
+    struct tpacket_req req;
+    req.tp_block_size = frame_size * 16;
+    req.tp_block_nr = frames / 16;
+    req.tp_frame_size = frame_size;
+    req.tp_frame_nr = (frames / 16) * 16;
+    if (setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof(req)) < 0) return NULL;
+    if (setsockopt(fd, SOL_PACKET, PACKET_TX_RING, &req, sizeof(req)) < 0) return NULL;
+    size_t size = (size_t)req.tp_block_size * req.tp_block_nr * 2;
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+unsigned cvh_tpacket2_data_offset(void) { return TPACKET2_HDRLEN - sizeof(struct sockaddr_ll); }
+unsigned cvh_tpacket2_status(const void *frame) { return __atomic_load_n(&((const struct tpacket2_hdr *)frame)->tp_status, __ATOMIC_ACQUIRE); }
+void cvh_tpacket2_set_status(void *frame, unsigned status) { __atomic_store_n(&((struct tpacket2_hdr *)frame)->tp_status, status, __ATOMIC_RELEASE); }
+unsigned cvh_tpacket2_len(const void *frame) { return ((const struct tpacket2_hdr *)frame)->tp_snaplen; }
+void cvh_tpacket2_set_len(void *frame, unsigned len) { ((struct tpacket2_hdr *)frame)->tp_len = len; ((struct tpacket2_hdr *)frame)->tp_snaplen = len; }
+unsigned cvh_tpacket2_mac(const void *frame) { return ((const struct tpacket2_hdr *)frame)->tp_mac; }
+int cvh_packet_tx_kick(int fd) { return sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0) < 0 ? -errno : 0; }
+
+int cvh_if_mac(const char *name, unsigned char *mac) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    int rc = cvh_ifreq_ioctl(name, SIOCGIFHWADDR, &ifr);
+    if (rc < 0) return rc;
+    memcpy(mac, ifr.ifr_hwaddr.sa_data, 6);
+    return 0;
+}
+unsigned cvh_tpacket2_pkttype(const void *frame) {
+    const struct sockaddr_ll *ll = (const struct sockaddr_ll *)((const char *)frame + TPACKET_ALIGN(sizeof(struct tpacket2_hdr)));
+    return ll->sll_pkttype;
+}

@@ -62,6 +62,27 @@ int cvh_if_exists(const char *name);
 /// `vnet_hdr` (frames then carry a 10-byte virtio-net header, GSO kept). Returns the descriptor.
 int cvh_packet_socket(const char *name, int vnet_hdr);
 
+/// Opens tap `name` without a virtio-net header (IFF_TAP | IFF_NO_PI), non-blocking.
+int cvh_tap_open_plain(const char *name);
+
+/// PACKET_MMAP (TPACKET_V2) rings on packet socket `fd`: `frames` frames of `frame_size` bytes
+/// for RX and as many for TX, mapped together (RX first). Returns the mapping or NULL (errno set).
+void *cvh_packet_rings(int fd, unsigned frame_size, unsigned frames);
+/// Offset of the frame data in a TX ring frame, and the tpacket2_hdr fields we use.
+unsigned cvh_tpacket2_data_offset(void);
+unsigned cvh_tpacket2_status(const void *frame);
+void cvh_tpacket2_set_status(void *frame, unsigned status);
+unsigned cvh_tpacket2_len(const void *frame);
+void cvh_tpacket2_set_len(void *frame, unsigned len);
+unsigned cvh_tpacket2_mac(const void *frame);
+/// The frame's sll_pkttype (PACKET_HOST, PACKET_OUTGOING = 4, ...).
+unsigned cvh_tpacket2_pkttype(const void *frame);
+extern const unsigned CVH_TP_STATUS_KERNEL, CVH_TP_STATUS_USER, CVH_TP_STATUS_SEND_REQUEST, CVH_TP_STATUS_AVAILABLE, CVH_TP_STATUS_WRONG_FORMAT;
+/// Kicks the TX ring: sendto(fd, NULL, 0, MSG_DONTWAIT).
+int cvh_packet_tx_kick(int fd);
+/// The interface's MAC address (6 bytes); 0 or -errno.
+int cvh_if_mac(const char *name, unsigned char *mac);
+
 extern const unsigned int CVH_TUN_F_CSUM;
 extern const unsigned int CVH_TUN_F_TSO4;
 extern const unsigned int CVH_TUN_F_TSO6;

@@ -1,0 +1,359 @@
+import CVhostShim
+import Glibc
+import Netmap
+import SystemPackage
+import VhostSystem
+import VhostUser
+import Virtio
+
+/// Where pkt-gen sends and receives: one interface, one queue. Called per batch.
+public protocol PacketPort: AnyObject {
+    var macAddress: [UInt8]? { get }
+    /// Queues up to `count` frames, each written by `fill(buffer, capacity) -> length`.
+    func send(count: Int, fill: (UnsafeMutableRawPointer, Int) -> Int) -> Int
+    /// Hands queued frames to the peer (kick, sendto, txsync).
+    func flush()
+    /// Gives up to `max` received frames to `body`; returns how many.
+    func receive(max: Int, _ body: (UnsafeRawPointer, Int) -> Void) -> Int
+    /// Free transmit slots now.
+    var transmitSpace: Int { get }
+    /// Sleeps until something may be received, at most `milliseconds`.
+    func waitForReceive(milliseconds: Int32)
+}
+
+public struct PortError: Error, CustomStringConvertible {
+    public let description: String
+}
+
+public func openPort(_ name: String, options: Options) throws -> PacketPort {
+    if name.hasPrefix("vhost-user:") { return try VhostUserPort(path: String(name.dropFirst(11))) }
+    if name.hasPrefix("tap:") { return try TapPlainPort(name: String(name.dropFirst(4))) }
+    if name.hasPrefix("tap") { return try TapPlainPort(name: name) }
+    if name.hasPrefix("vale") || name.hasPrefix("netmap:") {
+        guard NetmapAvailability.probe().isAvailable else {
+            throw PortError(description: "\(name): netmap ports need the netmap kernel module (/dev/netmap); use an interface name for AF_PACKET")
+        }
+        return try NetmapPacketPort(name: name, headerLength: options.virtioHeaderLength)
+    }
+    return try PacketMMapPort(interface: name)
+}
+
+// MARK: vhost-user front-end
+
+/// A vhost-user front-end of our own, as a VM's driver would be: guest memory in a memfd, a
+/// receive and a transmit split ring of 256 entries with one 2 KiB buffer per descriptor,
+/// kick and call eventfds. It drives any vhost-user back-end (ours, DPDK's vhost PMD).
+public final class VhostUserPort: PacketPort {
+    static let ringSize = 256
+    static let bufferSize = 2048
+    let frontEnd: VhostUserFrontEnd
+    let memory: DriverMemory
+    let rx: DriverQueue
+    let tx: DriverQueue
+    let kicks: [OwnedDescriptor]
+    let calls: [OwnedDescriptor]
+    let headerLength: Int
+    let rxBuffers: UInt64
+    let txBuffers: UInt64
+    var freeTX: [UInt16]
+    var txLastUsed: UInt16 = 0
+    var rxLastUsed: UInt16 = 0
+    var rxPending = false
+    public var macAddress: [UInt8]? { nil }
+
+    public init(path: String) throws {
+        let socket = try UnixSocket.connect(path: path, nonBlocking: false)
+        frontEnd = VhostUserFrontEnd(socket: socket)
+        memory = try DriverMemory(size: 4 << 20)
+        let version1: UInt64 = 1 << 32
+        let protocolFeatures: UInt64 = 1 << 30
+        let features = try frontEnd.negotiate(wanted: version1 | protocolFeatures, protocol: ProtocolFeatures([.replyAck]).rawValue)
+        headerLength = features & version1 != 0 ? 12 : 10
+        let s = memory.regionSpec
+        try frontEnd.setMemoryTable([MemoryRegionDescription(guestPhysicalAddress: s.guestPhysicalAddress, size: s.size,
+                                                             userAddress: s.userAddress, mmapOffset: 0)],
+                                    descriptors: [memory.descriptor.rawValue])
+        rx = DriverQueue(size: Self.ringSize, memory: memory)
+        tx = DriverQueue(size: Self.ringSize, memory: memory)
+        rxBuffers = memory.allocate(Self.ringSize * Self.bufferSize, alignment: 4096)
+        txBuffers = memory.allocate(Self.ringSize * Self.bufferSize, alignment: 4096)
+        kicks = [try EventFD.make(), try EventFD.make()]
+        calls = [try EventFD.make(), try EventFD.make()]
+        freeTX = (0..<UInt16(Self.ringSize)).reversed().map { $0 }
+        // Every receive descriptor owns one buffer, posted once and re-posted as it comes back.
+        for i in 0..<Self.ringSize {
+            rx.writeDescriptor(i, address: rxBuffers + UInt64(i * Self.bufferSize), length: UInt32(Self.bufferSize), flags: 2, next: 0)
+            rx.pushAvail(head: UInt16(i))
+        }
+        rx.publish()
+        for (i, q) in [rx, tx].enumerated() {
+            let a = q.addresses
+            try frontEnd.startRing(index: UInt32(i), size: UInt32(Self.ringSize),
+                                   address: VringAddress(index: UInt32(i), flags: 0, descriptorTable: a.descriptorTable,
+                                                         usedRing: a.usedRing, availRing: a.availRing, log: 0),
+                                   kick: kicks[i].rawValue, call: calls[i].rawValue, enable: true)
+        }
+        EventFD.signal(kicks[0].rawValue)
+    }
+
+    /// Used entries of `q` since `last`: (id, length).
+    @inline(__always)
+    func takeUsed(_ q: DriverQueue, from last: inout UInt16, _ body: (UInt16, UInt32) -> Void) {
+        let end = q.deviceUsedIndex
+        while last != end {
+            let e = memory.host(q.usedRing) + 4 + 8 * (Int(last) & (Self.ringSize - 1))
+            body(UInt16(truncatingIfNeeded: UInt32(littleEndian: e.load(as: UInt32.self))),
+                 UInt32(littleEndian: e.load(fromByteOffset: 4, as: UInt32.self)))
+            last &+= 1
+        }
+    }
+
+    func reclaimTX() {
+        takeUsed(tx, from: &txLastUsed) { id, _ in if Int(id) < Self.ringSize { freeTX.append(id) } }
+    }
+
+    public var transmitSpace: Int { reclaimTX(); return freeTX.count }
+
+    public func send(count: Int, fill: (UnsafeMutableRawPointer, Int) -> Int) -> Int {
+        if freeTX.count < count { reclaimTX() }
+        var sent = 0
+        while sent < count, let id = freeTX.popLast() {
+            let address = txBuffers + UInt64(Int(id) * Self.bufferSize)
+            let p = memory.host(address)
+            memset(p, 0, headerLength)
+            let length = fill(p + headerLength, Self.bufferSize - headerLength)
+            tx.writeDescriptor(Int(id), address: address, length: UInt32(headerLength + length), flags: 0, next: 0)
+            tx.pushAvail(head: id)
+            sent += 1
+        }
+        return sent
+    }
+
+    public func flush() {
+        tx.publish()
+        if !tx.deviceSuppressesKicks { EventFD.signal(kicks[1].rawValue) }
+    }
+
+    public func receive(max: Int, _ body: (UnsafeRawPointer, Int) -> Void) -> Int {
+        var n = 0
+        let end = rx.deviceUsedIndex
+        while rxLastUsed != end && n < max {
+            let e = memory.host(rx.usedRing) + 4 + 8 * (Int(rxLastUsed) & (Self.ringSize - 1))
+            let id = Int(UInt32(littleEndian: e.load(as: UInt32.self)))
+            let length = Int(UInt32(littleEndian: e.load(fromByteOffset: 4, as: UInt32.self)))
+            rxLastUsed &+= 1
+            guard id < Self.ringSize else { continue }
+            if length > headerLength && length <= Self.bufferSize {
+                body(UnsafeRawPointer(memory.host(rxBuffers + UInt64(id * Self.bufferSize))) + headerLength, length - headerLength)
+                n += 1
+            }
+            rx.pushAvail(head: UInt16(id))
+        }
+        if n > 0 {
+            rx.publish()
+            if !rx.deviceSuppressesKicks { EventFD.signal(kicks[0].rawValue) }
+        }
+        return n
+    }
+
+    public func waitForReceive(milliseconds: Int32) {
+        if rx.deviceUsedIndex != rxLastUsed { return }
+        var pfd = pollfd(fd: calls[0].rawValue, events: Int16(POLLIN), revents: 0)
+        if poll(&pfd, 1, milliseconds) > 0 { _ = EventFD.drain(calls[0].rawValue) }
+    }
+}
+
+// MARK: AF_PACKET with PACKET_MMAP
+
+/// A packet socket on a network interface with TPACKET_V2 receive and transmit rings: what a
+/// guest without netmap uses.
+public final class PacketMMapPort: PacketPort {
+    static let frameSize = 2048
+    static let frames = 256
+    let socket: OwnedDescriptor
+    let rings: UnsafeMutableRawPointer
+    let dataOffset: Int
+    var rxIndex = 0
+    var txIndex = 0
+    public let macAddress: [UInt8]?
+
+    public init(interface: String) throws {
+        do {
+            socket = try PacketSocket.open(interface: interface, virtioNetHeader: false)
+        } catch {
+            throw PortError(description: "\(interface): AF_PACKET socket: \(error)")
+        }
+        guard let p = cvh_packet_rings(socket.rawValue, UInt32(Self.frameSize), UInt32(Self.frames)) else {
+            throw PortError(description: "\(interface): PACKET_MMAP rings: \(Errno(rawValue: errno))")
+        }
+        rings = p
+        dataOffset = Int(cvh_tpacket2_data_offset())
+        var mac = [UInt8](repeating: 0, count: 6)
+        macAddress = cvh_if_mac(interface, &mac) == 0 ? mac : nil
+    }
+
+    func rxFrame(_ i: Int) -> UnsafeMutableRawPointer { rings + i * Self.frameSize }
+    func txFrame(_ i: Int) -> UnsafeMutableRawPointer { rings + (Self.frames + i) * Self.frameSize }
+
+    public var transmitSpace: Int {
+        var free = 0
+        for k in 0..<Self.frames where cvh_tpacket2_status(txFrame((txIndex + k) % Self.frames)) == CVH_TP_STATUS_AVAILABLE { free += 1 }
+        return free
+    }
+
+    public func send(count: Int, fill: (UnsafeMutableRawPointer, Int) -> Int) -> Int {
+        var sent = 0
+        while sent < count {
+            let f = txFrame(txIndex)
+            let status = cvh_tpacket2_status(f)
+            if status == CVH_TP_STATUS_WRONG_FORMAT { cvh_tpacket2_set_status(f, CVH_TP_STATUS_AVAILABLE) }
+            guard cvh_tpacket2_status(f) == CVH_TP_STATUS_AVAILABLE else { break }
+            let length = fill(f + dataOffset, Self.frameSize - dataOffset)
+            cvh_tpacket2_set_len(f, UInt32(length))
+            cvh_tpacket2_set_status(f, CVH_TP_STATUS_SEND_REQUEST)
+            txIndex = (txIndex + 1) % Self.frames
+            sent += 1
+        }
+        return sent
+    }
+
+    public func flush() { _ = cvh_packet_tx_kick(socket.rawValue) }
+
+    public func receive(max: Int, _ body: (UnsafeRawPointer, Int) -> Void) -> Int {
+        var n = 0
+        while n < max {
+            let f = rxFrame(rxIndex)
+            guard cvh_tpacket2_status(f) & CVH_TP_STATUS_USER != 0 else { break }
+            // Frames this host sends out on the interface are seen too: count only arrivals.
+            if cvh_tpacket2_pkttype(f) != 4 {
+                body(UnsafeRawPointer(f) + Int(cvh_tpacket2_mac(f)), Int(cvh_tpacket2_len(f)))
+                n += 1
+            }
+            cvh_tpacket2_set_status(f, CVH_TP_STATUS_KERNEL)
+            rxIndex = (rxIndex + 1) % Self.frames
+        }
+        return n
+    }
+
+    public func waitForReceive(milliseconds: Int32) {
+        var pfd = pollfd(fd: socket.rawValue, events: Int16(POLLIN), revents: 0)
+        _ = poll(&pfd, 1, milliseconds)
+    }
+}
+
+// MARK: TAP
+
+/// A TAP interface without a virtio-net header: one read or write per frame.
+public final class TapPlainPort: PacketPort {
+    let fd: OwnedDescriptor
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    public var macAddress: [UInt8]? { nil }
+    public var transmitSpace: Int { 1 }
+
+    public init(name: String) throws {
+        let rc = cvh_tap_open_plain(name)
+        guard rc >= 0 else { throw PortError(description: "tap \(name): \(Errno(rawValue: -rc))") }
+        fd = OwnedDescriptor(adopting: rc)
+        try? Tap.setUp(name)
+    }
+
+    public func send(count: Int, fill: (UnsafeMutableRawPointer, Int) -> Int) -> Int {
+        var sent = 0
+        buffer.withUnsafeMutableBytes { raw in
+            while sent < count {
+                let n = fill(raw.baseAddress!, raw.count)
+                if write(fd.rawValue, raw.baseAddress, n) != n { break }
+                sent += 1
+            }
+        }
+        return sent
+    }
+
+    public func flush() {}
+
+    public func receive(max: Int, _ body: (UnsafeRawPointer, Int) -> Void) -> Int {
+        var n = 0
+        buffer.withUnsafeMutableBytes { raw in
+            while n < max {
+                let r = read(fd.rawValue, raw.baseAddress, raw.count)
+                if r <= 0 { break }
+                body(raw.baseAddress!, r)
+                n += 1
+            }
+        }
+        return n
+    }
+
+    public func waitForReceive(milliseconds: Int32) {
+        var pfd = pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)
+        _ = poll(&pfd, 1, milliseconds)
+    }
+}
+
+// MARK: netmap
+
+/// A netmap port through the package's netmap module (needs /dev/netmap).
+public final class NetmapPacketPort: PacketPort {
+    let registration: NetmapRegistration
+    let sync: KernelSync
+    let txRing: NetmapRing
+    let rxRing: NetmapRing
+    let headerLength: Int
+    public var macAddress: [UInt8]? { nil }
+
+    public init(name: String, headerLength wanted: Int) throws {
+        registration = try NetmapRegistration(try NetmapPortName.parse(name), wantedHeader: wanted)
+        sync = KernelSync(fd: registration.descriptor.rawValue)
+        guard let t = try registration.region.txRing(0), let r = try registration.region.rxRing(0) else {
+            throw PortError(description: "\(name): no rings bound")
+        }
+        txRing = t
+        rxRing = r
+        headerLength = registration.headerLength
+    }
+
+    public var transmitSpace: Int { Int(txRing.distance(from: txRing.cur, to: txRing.tail)) }
+
+    public func send(count: Int, fill: (UnsafeMutableRawPointer, Int) -> Int) -> Int {
+        var sent = 0
+        var cur = txRing.cur
+        while sent < count && cur != txRing.tail {
+            let s = txRing.slot(cur)
+            guard let b = txRing.buffer(s.buffer) else { break }
+            memset(b, 0, headerLength)
+            let n = fill(b + headerLength, txRing.bufferSize - headerLength)
+            txRing.setSlot(cur, length: UInt16(n + headerLength), flags: 0)
+            cur = txRing.next(cur)
+            sent += 1
+        }
+        txRing.cur = cur
+        return sent
+    }
+
+    public func flush() {
+        txRing.head = txRing.cur
+        _ = sync.txsync()
+    }
+
+    public func receive(max: Int, _ body: (UnsafeRawPointer, Int) -> Void) -> Int {
+        if rxRing.head == rxRing.tail { _ = sync.rxsync() }
+        var n = 0
+        var head = rxRing.head
+        while head != rxRing.tail && n < max {
+            let s = rxRing.slot(head)
+            if let b = rxRing.buffer(s.buffer), Int(s.length) > headerLength {
+                body(UnsafeRawPointer(b) + headerLength, Int(s.length) - headerLength)
+                n += 1
+            }
+            head = rxRing.next(head)
+        }
+        rxRing.head = head
+        rxRing.cur = head
+        return n
+    }
+
+    public func waitForReceive(milliseconds: Int32) {
+        var pfd = pollfd(fd: registration.descriptor.rawValue, events: Int16(POLLIN), revents: 0)
+        _ = poll(&pfd, 1, milliseconds)
+    }
+}

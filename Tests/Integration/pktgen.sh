@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The Swift pkt-gen against real peers:
+#  1. vhost-user front-end to vhost-netmap: tx on one port, rx on another; the receiver counts N,
+#     or the exact loss, which the back-end's drop counter for that port explains;
+#  2. vhost-user front-end to DPDK's vhost PMD (testpmd rxonly): testpmd counts N;
+#  3. ping/pong through vhost-netmap: every ping answered;
+#  4. TAP and AF_PACKET (PACKET_MMAP): tx into a TAP of its own, rx on the same interface.
+. "$(dirname "$0")/lib.sh"
+echo "pktgen"
+PG=${PKTGEN_BIN:-$ROOT/.build/release/pkt-gen}
+N=100000
+TAG=$(($$ % 100000))
+
+start_daemon --port "vale0:a=$WORK/a.sock" --port "vale0:b=$WORK/b.sock" || { finish; exit 1; }
+"$PG" -i "vhost-user:$WORK/b.sock" -f rx -n $N -W -w 0 > "$WORK/rx.out" 2> "$WORK/rx.err" & RX=$!
+sleep 0.5
+timeout 120 "$PG" -i "vhost-user:$WORK/a.sock" -f tx -n $N -w 1 -D 02:00:00:00:00:99 > "$WORK/tx.out" 2> "$WORK/tx.err" || fail "pkt-gen tx: $(tail -1 "$WORK/tx.err")"
+wait $RX
+sent=$(awk '/^Sent/{print $2}' "$WORK/tx.out"); received=$(awk '/^Received/{print $2}' "$WORK/rx.out")
+dropped=$(port_field vale0:b counters.dropNoRoom)
+expect_eq "pkt-gen tx summary" "$sent" $N
+grep -q "^Speed: .*pps Bandwidth: .*bps (raw .*bps). Average batch: " "$WORK/tx.out" && pass "summary in pkt-gen's format" || fail "summary format: $(cat "$WORK/tx.out")"
+grep -q "main_thread \[2781\] .*pps (.*pkts .*bps in [0-9]* usec) .* avg_batch [0-9]* min_space" "$WORK/rx.err" && pass "per-second lines in pkt-gen's format" || fail "interval lines: $(tail -2 "$WORK/rx.err")"
+expect_eq "received + dropped for no room on b (loss explained)" "$((received + dropped))" $N
+echo "  (received $received, dropped $dropped on a full ring)"
+
+# 2. DPDK's vhost PMD as the back-end.
+rm -f "$WORK/v.sock"
+mkfifo "$WORK/tpv.in"
+stdbuf -oL dpdk-testpmd --file-prefix="vnit-pgv$TAG" --no-pci --no-huge -m 512 --lcores '0@1,1@1' --log-level=lib.eal:error \
+  --vdev "net_vhost0,iface=$WORK/v.sock,queues=1" -- -i --total-num-mbufs=32768 < "$WORK/tpv.in" > "$WORK/tp-pgv.log" 2>&1 &
+PIDS+=("$!")
+exec {TPV}> "$WORK/tpv.in"
+for _ in $(seq 100); do [ -S "$WORK/v.sock" ] && break; sleep 0.1; done
+echo "set fwd rxonly" >&$TPV; echo "start" >&$TPV; sleep 1
+timeout 120 "$PG" -i "vhost-user:$WORK/v.sock" -f tx -n 50000 -w 1 -R 200000 > "$WORK/txv.out" 2> "$WORK/txv.err" || fail "pkt-gen tx to DPDK: $(tail -1 "$WORK/txv.err")"
+sleep 1; echo "show port stats 0" >&$TPV; sleep 1
+expect_eq "pkt-gen sent to DPDK's vhost PMD" "$(awk '/^Sent/{print $2}' "$WORK/txv.out")" 50000
+expect_eq "testpmd (vhost PMD, rxonly) received" "$(grep -a 'RX-packets:' "$WORK/tp-pgv.log" | tail -1 | awk '{print $2}')" 50000
+echo "quit" >&$TPV
+
+# 3. ping/pong through the embedded switch.
+"$PG" -i "vhost-user:$WORK/b.sock" -f pong -W -w 0 > "$WORK/pong.out" 2> "$WORK/pong.err" & PONG=$!
+sleep 0.5
+timeout 60 "$PG" -i "vhost-user:$WORK/a.sock" -f ping -n 20 -w 1 -D 02:00:00:00:00:98 > "$WORK/ping.out" 2> "$WORK/ping.err"
+kill -INT $PONG 2>/dev/null; wait $PONG
+grep -q "^RTT over 20 packets: min [0-9]* av [0-9]* ns" "$WORK/ping.out" && pass "ping: $(cat "$WORK/ping.out")" || fail "ping: $(cat "$WORK/ping.out") $(tail -2 "$WORK/ping.err")"
+
+# 4. TAP (pkt-gen's own) and AF_PACKET on that interface.
+TAP=vnpg$TAG
+# The TAP writer creates the interface, then waits 2 s (-w) while the AF_PACKET receiver opens it.
+timeout 60 "$PG" -i "tap:$TAP" -f tx -n 2000 -w 2 -R 20000 > "$WORK/taptx.out" 2> "$WORK/taptx.err" &
+TAPTX=$!
+for _ in $(seq 50); do ip link show "$TAP" > /dev/null 2>&1 && break; sleep 0.1; done
+"$PG" -i "$TAP" -f rx -n 2000 -W -w 0 > "$WORK/afrx.out" 2> "$WORK/afrx.err" & AFRX=$!
+wait $TAPTX
+wait $AFRX
+expect_eq "pkt-gen wrote to its TAP" "$(awk '/^Sent/{print $2}' "$WORK/taptx.out")" 2000
+expect_eq "pkt-gen AF_PACKET (PACKET_MMAP) received on it" "$(awk '/^Received/{print $2}' "$WORK/afrx.out")" 2000
+finish
