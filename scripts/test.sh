@@ -29,6 +29,11 @@ if [ -z "${SKIP_INTEGRATION:-}" ]; then
     echo "== $*"
     if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
   }
+  echo "== swift build -c release --static-swift-stdlib --product pkt-gen (for the guest image)"
+  if ! swift build -c release --static-swift-stdlib --product pkt-gen --build-path .build-static > /tmp/vhost-netmap-static.log 2>&1; then
+    grep -E "error" /tmp/vhost-netmap-static.log | head -20
+    echo "static pkt-gen build failed"; failed=$((failed + 1))
+  fi
   run Tests/Integration/cli.sh
   run Tests/Integration/testpmd-switching.sh ""
   run Tests/Integration/testpmd-switching.sh ",mrg_rxbuf=0,queue_size=1024"
@@ -38,6 +43,8 @@ if [ -z "${SKIP_INTEGRATION:-}" ]; then
   run Tests/Integration/vale-ctl.sh
   run Tests/Integration/guest-ping.sh
   run Tests/Integration/two-guests.sh
+  run Tests/Integration/pktgen.sh
+  run Tests/Integration/guest-pktgen.sh
   run Tests/Integration/libvirt.sh
 fi
 echo "$passed passed, $failed failed"

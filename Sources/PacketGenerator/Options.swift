@@ -84,7 +84,9 @@ public struct Options: Equatable, Sendable {
                 case "S": o.sourceMAC = try parseMAC(v)
                 case "D": o.destinationMAC = try parseMAC(v)
                 case "w": o.waitSeconds = try int(0, 3600)
-                case "c": o.cpus = try int(0, 1024)
+                case "c":
+                    o.cpus = try int(0, 1024)
+                    if o.cpus > 1 { throw fail("-c \(o.cpus): this pkt-gen runs one thread (use -c 1, or several pkt-gen processes)") }
                 case "p": o.threads = try int(1, 1024)
                 case "H":
                     let h = try int(0, 12)

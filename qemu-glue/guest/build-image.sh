@@ -4,7 +4,11 @@
 # initramfs with the virtio modules and qemu-glue/guest/init.
 # usage: build-image.sh OUTDIR      (needs: apt-get install busybox-static; python3)
 set -eu
-OUT=${1:?usage: build-image.sh OUTDIR}
+OUT=${1:?usage: build-image.sh OUTDIR [PKT_GEN]}
+# PKT_GEN: a pkt-gen built with --static-swift-stdlib (swift build -c release --static-swift-stdlib
+# --product pkt-gen --build-path .build-static); it goes to /bin/pkt-gen with the glibc libraries
+# ldd lists, libstdc++.so.6 and libgcc_s.so.1 (dlopen'ed by glibc, not always listed) and the loader.
+PKTGEN=${2:-${PKTGEN:-}}
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT/deb" "$OUT/root"
 [ -x /bin/busybox ] || { echo "build-image: /bin/busybox missing (apt-get install busybox-static)" >&2; exit 1; }
@@ -26,6 +30,17 @@ for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_
   cp "$KMOD/$m.ko" "$R/lib/modules/"
 done
 cp "$HERE/init" "$R/init"; chmod +x "$R/init"
+if [ -n "$PKTGEN" ]; then
+  [ -x "$PKTGEN" ] || { echo "build-image: $PKTGEN is not an executable" >&2; exit 1; }
+  cp "$PKTGEN" "$R/bin/pkt-gen"
+  libs=$(ldd "$PKTGEN" | awk '/=> \//{print $3} /^\t\/lib64/{print $1}')
+  for l in $libs /lib/x86_64-linux-gnu/libgcc_s.so.1 /lib/x86_64-linux-gnu/libstdc++.so.6; do
+    mkdir -p "$R$(dirname "$l")"
+    cp -L "$l" "$R$l"
+  done
+  mkdir -p "$R/lib64"
+  cp -L /lib64/ld-linux-x86-64.so.2 "$R/lib64/ld-linux-x86-64.so.2"
+fi
 (cd "$R" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1) > "$OUT/initramfs.cpio.gz"
 if [ ! -f "$OUT/vmlinux" ] || [ "$OUT/kpkg/boot/vmlinuz-$KV" -nt "$OUT/vmlinux" ]; then
   python3 - "$OUT/kpkg/boot/vmlinuz-$KV" "$OUT/vmlinux" <<'PY'
