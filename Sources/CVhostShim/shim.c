@@ -277,3 +277,9 @@ unsigned cvh_tpacket2_pkttype(const void *frame) {
     const struct sockaddr_ll *ll = (const struct sockaddr_ll *)((const char *)frame + TPACKET_ALIGN(sizeof(struct tpacket2_hdr)));
     return ll->sll_pkttype;
 }
+long cvh_packet_ring_drops(int fd) {
+    struct tpacket_stats st;
+    socklen_t len = sizeof(st);
+    if (getsockopt(fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) < 0) return -errno;
+    return st.tp_drops;
+}

@@ -115,15 +115,7 @@ public final class NetmapKernelPort: SwitchPort, @unchecked Sendable {
 
     @inline(__always)
     private func readHeader() -> VirtioNetHeader {
-        guard headerLength > 0 else { return VirtioNetHeader() }
-        let first = segments.storage[0]
-        if first.length >= headerLength { return VirtioNetHeader(bytes: first.base, length: headerLength) }
-        var raw: (UInt64, UInt64) = (0, 0)
-        return withUnsafeMutableBytes(of: &raw) { buf in
-            var c = SegmentCursor(segments: segments.storage, count: segments.count)
-            _ = c.read(into: buf.baseAddress!, length: headerLength)
-            return VirtioNetHeader(bytes: buf.baseAddress!, length: headerLength)
-        }
+        headerLength > 0 ? VirtioNetHeader(segments: segments.storage, count: segments.count, length: headerLength) : VirtioNetHeader()
     }
 
     // MARK: switch → netmap TX

@@ -19,10 +19,26 @@ public protocol PacketPort: AnyObject {
     var transmitSpace: Int { get }
     /// Sleeps until something may be received, at most `milliseconds`.
     func waitForReceive(milliseconds: Int32)
+    /// Frames the interface dropped before pkt-gen could take them, where it can tell (AF_PACKET).
+    var receiveDrops: UInt64? { get }
+    /// Waits (at most `milliseconds`) until the peer has taken every queued frame, so that
+    /// closing the interface loses nothing that was counted as sent.
+    func drain(milliseconds: Int)
+}
+
+extension PacketPort {
+    public var receiveDrops: UInt64? { nil }
+    public func drain(milliseconds: Int) {}
 }
 
 public struct PortError: Error, CustomStringConvertible {
     public let description: String
+}
+
+/// Waits up to `milliseconds` for `fd` to be readable.
+func waitReadable(_ fd: CInt, milliseconds: Int32) {
+    var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+    _ = poll(&pfd, 1, milliseconds)
 }
 
 public func openPort(_ name: String, options: Options) throws -> PacketPort {
@@ -134,6 +150,15 @@ public final class VhostUserPort: PacketPort {
         if !tx.deviceSuppressesKicks { EventFD.signal(kicks[1].rawValue) }
     }
 
+    public func drain(milliseconds: Int) {
+        for _ in 0..<max(1, milliseconds) {
+            reclaimTX()
+            if freeTX.count == Self.ringSize { return }
+            EventFD.signal(kicks[1].rawValue)
+            usleep(1000)
+        }
+    }
+
     public func receive(max: Int, _ body: (UnsafeRawPointer, Int) -> Void) -> Int {
         var n = 0
         let end = rx.deviceUsedIndex
@@ -169,8 +194,14 @@ public final class VhostUserPort: PacketPort {
 /// guest without netmap uses.
 public final class PacketMMapPort: PacketPort {
     static let frameSize = 2048
-    static let frames = 256
+    static let frames = 1024
     let socket: OwnedDescriptor
+    var drops: UInt64 = 0
+    public var receiveDrops: UInt64? {
+        let d = cvh_packet_ring_drops(socket.rawValue)
+        if d > 0 { drops += UInt64(d) }
+        return drops
+    }
     let rings: UnsafeMutableRawPointer
     let dataOffset: Int
     var rxIndex = 0
@@ -219,6 +250,14 @@ public final class PacketMMapPort: PacketPort {
 
     public func flush() { _ = cvh_packet_tx_kick(socket.rawValue) }
 
+    public func drain(milliseconds: Int) {
+        for _ in 0..<max(1, milliseconds) {
+            if transmitSpace == Self.frames { return }
+            flush()
+            usleep(1000)
+        }
+    }
+
     public func receive(max: Int, _ body: (UnsafeRawPointer, Int) -> Void) -> Int {
         var n = 0
         while n < max {
@@ -235,10 +274,7 @@ public final class PacketMMapPort: PacketPort {
         return n
     }
 
-    public func waitForReceive(milliseconds: Int32) {
-        var pfd = pollfd(fd: socket.rawValue, events: Int16(POLLIN), revents: 0)
-        _ = poll(&pfd, 1, milliseconds)
-    }
+    public func waitForReceive(milliseconds: Int32) { waitReadable(socket.rawValue, milliseconds: milliseconds) }
 }
 
 // MARK: TAP
@@ -284,10 +320,7 @@ public final class TapPlainPort: PacketPort {
         return n
     }
 
-    public func waitForReceive(milliseconds: Int32) {
-        var pfd = pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)
-        _ = poll(&pfd, 1, milliseconds)
-    }
+    public func waitForReceive(milliseconds: Int32) { waitReadable(fd.rawValue, milliseconds: milliseconds) }
 }
 
 // MARK: netmap
@@ -335,6 +368,15 @@ public final class NetmapPacketPort: PacketPort {
         _ = sync.txsync()
     }
 
+    public func drain(milliseconds: Int) {
+        // Transmissions are pending while next(tail) != head.
+        for _ in 0..<max(1, milliseconds) {
+            if txRing.next(txRing.tail) == txRing.head { return }
+            _ = sync.txsync()
+            usleep(1000)
+        }
+    }
+
     public func receive(max: Int, _ body: (UnsafeRawPointer, Int) -> Void) -> Int {
         if rxRing.head == rxRing.tail { _ = sync.rxsync() }
         var n = 0
@@ -352,8 +394,5 @@ public final class NetmapPacketPort: PacketPort {
         return n
     }
 
-    public func waitForReceive(milliseconds: Int32) {
-        var pfd = pollfd(fd: registration.descriptor.rawValue, events: Int16(POLLIN), revents: 0)
-        _ = poll(&pfd, 1, milliseconds)
-    }
+    public func waitForReceive(milliseconds: Int32) { waitReadable(registration.descriptor.rawValue, milliseconds: milliseconds) }
 }

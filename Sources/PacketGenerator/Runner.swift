@@ -111,6 +111,7 @@ public final class Runner {
         }
         port.flush()
         let seconds = Double(nowNanoseconds() - start) / 1e9
+        port.drain(milliseconds: 5000)
         return report.summary(sent: true, packets: packets, bytes: bytes, events: events, seconds: seconds)
     }
 
@@ -142,6 +143,9 @@ public final class Runner {
             if first != 0 { tick(iv, now: nowNanoseconds()) }
         }
         let seconds = first == 0 ? 0 : Double(last - first) / 1e9
+        if let drops = port.receiveDrops {
+            log("\(Report.stamp()) receiver_body [1240] \(drops) packets dropped by the kernel (receive ring full)")
+        }
         return report.summary(sent: false, packets: packets, bytes: bytes, events: events, seconds: max(seconds, 1e-6))
     }
 

@@ -454,10 +454,7 @@ public final class Daemon: @unchecked Sendable {
         case "attach":
             do {
                 let spec = try PortSpec.parse(argument)
-                guard !endpoints.contains(where: { $0.spec.fullName == spec.fullName }),
-                      !hostPorts.contains(where: { $0.spec.fullName == spec.fullName }) else {
-                    return "error: port \(spec.fullName) exists"
-                }
+                guard !portExists(spec.fullName) else { return "error: port \(spec.fullName) exists" }
                 let e = try addEndpoint(spec)
                 logger.notice("control: attached \(spec.fullName) (\(spec.socketPath ?? "?"))")
                 return "ok attached \(e.spec.fullName) port \(e.device.portIndex)"
@@ -467,10 +464,7 @@ public final class Daemon: @unchecked Sendable {
         case "attach-host":
             do {
                 let spec = try HostPortSpec.parse(argument)
-                guard !endpoints.contains(where: { $0.spec.fullName == spec.fullName }),
-                      !hostPorts.contains(where: { $0.spec.fullName == spec.fullName }) else {
-                    return "error: port \(spec.fullName) exists"
-                }
+                guard !portExists(spec.fullName) else { return "error: port \(spec.fullName) exists" }
                 try addHostPort(spec)
                 logger.notice("control: attached host port \(spec.fullName)")
                 return "ok attached \(spec.fullName)"
@@ -484,6 +478,10 @@ public final class Daemon: @unchecked Sendable {
         default:
             return "error: unknown command '\(line.prefix(32))'; try: stats, fdb, ping, list, attach, attach-host, detach"
         }
+    }
+
+    private func portExists(_ name: String) -> Bool {
+        endpoints.contains { $0.spec.fullName == name } || hostPorts.contains { $0.spec.fullName == name }
     }
 
     /// vale-ctl's listing: one line per port, "NAME bridge B port P", switches in order of creation.

@@ -171,16 +171,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     /// The virtio-net header of the chain in `txSegments`, read once (it may span descriptors).
     @inline(__always)
     private func readHeader(length: Int) -> VirtioNetHeader {
-        let first = txSegments.storage[0]
-        if first.length >= length {
-            return VirtioNetHeader(bytes: first.base, length: length)
-        }
-        var raw: (UInt64, UInt64) = (0, 0)
-        return withUnsafeMutableBytes(of: &raw) { buf in
-            var c = SegmentCursor(segments: txSegments.storage, count: txSegments.count)
-            _ = c.read(into: buf.baseAddress!, length: length)
-            return VirtioNetHeader(bytes: buf.baseAddress!, length: length)
-        }
+        VirtioNetHeader(segments: txSegments.storage, count: txSegments.count, length: length)
     }
 
     // MARK: Switch → guest RX

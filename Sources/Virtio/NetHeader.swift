@@ -31,6 +31,22 @@ public struct VirtioNetHeader: Equatable, Sendable {
         numBuffers = length >= 12 ? UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 10, as: UInt16.self)) : 0
     }
 
+    /// Reads the header at the start of a frame held in `segments` (it may span several).
+    @inline(__always)
+    public init(segments: UnsafePointer<Segment>, count: Int, length: Int) {
+        let first = segments[0]
+        if first.length >= length {
+            self.init(bytes: first.base, length: length)
+            return
+        }
+        var raw: (UInt64, UInt64) = (0, 0)
+        self = withUnsafeMutableBytes(of: &raw) { buf in
+            var c = SegmentCursor(segments: segments, count: count)
+            _ = c.read(into: buf.baseAddress!, length: length)
+            return VirtioNetHeader(bytes: buf.baseAddress!, length: length)
+        }
+    }
+
     /// Writes 10 or 12 bytes.
     @inline(__always)
     public func store(to p: UnsafeMutableRawPointer, length: Int) {

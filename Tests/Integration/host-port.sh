@@ -17,21 +17,6 @@ host_cleanup() {
 }
 trap 'cleanup; host_cleanup' EXIT
 
-# host_field TAP KEY: a field of a host port in the stats.
-host_field() {
-  stats | python3 -c '
-import json, sys
-name, key = sys.argv[1], sys.argv[2]
-for sw in json.load(sys.stdin)["switches"]:
-    for p in sw["hostPorts"]:
-        if p["interface"] == name:
-            v = p
-            for k in key.split("."):
-                v = v[k]
-            print(v)
-' "$1" "$2"
-}
-
 ip netns add "$NSA" && ip netns add "$NSB" || { fail "cannot create network namespaces"; finish; exit 1; }
 start_daemon --port "vale0:pmd=$WORK/pmd.sock" --host-port "vale0:$TAPA" --host-port "vale0:$TAPB" || { finish; exit 1; }
 # The daemon creates the taps in its namespace; each is moved into its own (the daemon's

@@ -39,20 +39,24 @@ start_daemon() {
 
 stats() { "$BIN" stats --control "$WORK/control.sock"; }
 
-# port_field PORT KEY: a field of a port in the stats (counters.X, device.X or top level).
-port_field() {
+# stats_field LIST MATCH-KEY NAME KEY: a field (counters.X, device.X or top level) of the entry
+# of each switch's LIST ("ports", "hostPorts") whose MATCH-KEY is NAME.
+stats_field() {
   stats | python3 -c '
 import json, sys
-port, key = sys.argv[1], sys.argv[2]
+kind, match, name, key = sys.argv[1:5]
 for sw in json.load(sys.stdin)["switches"]:
-    for p in sw["ports"]:
-        if p["name"] == port:
+    for p in sw[kind]:
+        if p[match] == name:
             v = p
             for k in key.split("."):
                 v = v[k]
             print(v if not isinstance(v, bool) else str(v).lower())
-' "$1" "$2"
+' "$1" "$2" "$3" "$4"
 }
+# port_field PORT KEY: a field of a vhost-user port; host_field TAP KEY: of a host port.
+port_field() { stats_field ports name "$1" "$2"; }
+host_field() { stats_field hostPorts interface "$1" "$2"; }
 
 # wait_for COMMAND...: retries a test command for up to 60 s.
 wait_for() {

@@ -21,6 +21,7 @@ dropped=$(port_field vale0:b counters.dropNoRoom)
 expect_eq "pkt-gen tx summary" "$sent" $N
 grep -q "^Speed: .*pps Bandwidth: .*bps (raw .*bps). Average batch: " "$WORK/tx.out" && pass "summary in pkt-gen's format" || fail "summary format: $(cat "$WORK/tx.out")"
 grep -q "main_thread \[2781\] .*pps (.*pkts .*bps in [0-9]* usec) .* avg_batch [0-9]* min_space" "$WORK/rx.err" && pass "per-second lines in pkt-gen's format" || fail "interval lines: $(tail -2 "$WORK/rx.err")"
+expect_eq "the switch took every frame from a (pkt-gen waits for its ring to drain)" "$(port_field vale0:a counters.inPackets)" $N
 expect_eq "received + dropped for no room on b (loss explained)" "$((received + dropped))" $N
 echo "  (received $received, dropped $dropped on a full ring)"
 

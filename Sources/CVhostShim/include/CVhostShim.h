@@ -78,6 +78,9 @@ unsigned cvh_tpacket2_mac(const void *frame);
 /// The frame's sll_pkttype (PACKET_HOST, PACKET_OUTGOING = 4, ...).
 unsigned cvh_tpacket2_pkttype(const void *frame);
 extern const unsigned CVH_TP_STATUS_KERNEL, CVH_TP_STATUS_USER, CVH_TP_STATUS_SEND_REQUEST, CVH_TP_STATUS_AVAILABLE, CVH_TP_STATUS_WRONG_FORMAT;
+/// PACKET_STATISTICS: frames the kernel dropped because the receive ring was full, since the
+/// last call (the kernel resets the counters on read); -errno on failure.
+long cvh_packet_ring_drops(int fd);
 /// Kicks the TX ring: sendto(fd, NULL, 0, MSG_DONTWAIT).
 int cvh_packet_tx_kick(int fd);
 /// The interface's MAC address (6 bytes); 0 or -errno.
