@@ -21,6 +21,15 @@ echo "$qa" | grep -q "vectors=8,mq=on,rx_queue_size=512,tx_queue_size=512" && pa
 [ $rc -eq 1 ] && grep -q "cannot" "$WORK/bad3.log" && pass "unusable socket path: exit 1 with a message" || fail "socket path: exit $rc, $(cat "$WORK/bad3.log")"
 "$BIN" serve --control "" --port "vale0:x=$WORK/x.sock" --port "vale0:x=$WORK/y.sock" > "$WORK/bad4.log" 2>&1; rc=$?
 [ $rc -eq 1 ] && grep -q "given twice" "$WORK/bad4.log" && pass "duplicate port refused" || fail "duplicate port: exit $rc"
+# io_uring disabled by sysctl: a clear start-up refusal (the setting is restored at once).
+if [ -w /proc/sys/kernel/io_uring_disabled ]; then
+  before=$(cat /proc/sys/kernel/io_uring_disabled)
+  echo 2 > /proc/sys/kernel/io_uring_disabled
+  "$BIN" serve --control "" --port "vale0:u=$WORK/u.sock" > "$WORK/uring.log" 2>&1; rc=$?
+  echo "$before" > /proc/sys/kernel/io_uring_disabled
+  [ $rc -eq 1 ] && grep -q "io_uring is not available" "$WORK/uring.log" && pass "io_uring disabled: exit 1 with a message" \
+    || fail "io_uring disabled: rc $rc $(cat "$WORK/uring.log")"
+fi
 start_daemon --port "vale0:x=$WORK/x.sock" || exit 1
 [ -S "$WORK/x.sock" ] && pass "socket created" || fail "no socket"
 kill -TERM "$DAEMON_PID"; wait "$DAEMON_PID"; rc=$?
