@@ -298,3 +298,36 @@ public enum NetmapAvailability: Equatable, Sendable {
         }
     }
 }
+
+/// A netmap port opened for the daemon's kernel mode.
+public struct OpenedNetmapPort {
+    public let name: NetmapPortName
+    public let port: NetmapKernelPort
+    public let headerLength: Int
+    public let memoryID: UInt16
+    /// What keeps the binding alive (the registration: descriptor and mapping).
+    public let owner: AnyObject
+
+    public init(name: NetmapPortName, port: NetmapKernelPort, headerLength: Int, memoryID: UInt16, owner: AnyObject) {
+        self.name = name
+        self.port = port
+        self.headerLength = headerLength
+        self.memoryID = memoryID
+        self.owner = owner
+    }
+}
+
+/// How kernel mode opens netmap ports: through /dev/netmap (`KernelPortOpener`), or, in tests,
+/// through a model of the kernel.
+public protocol NetmapPortOpening: Sendable {
+    func open(_ name: NetmapPortName) throws -> OpenedNetmapPort
+}
+
+public struct KernelPortOpener: NetmapPortOpening {
+    public init() {}
+    public func open(_ name: NetmapPortName) throws -> OpenedNetmapPort {
+        let registration = try NetmapRegistration(name)
+        return OpenedNetmapPort(name: name, port: try registration.makePort(), headerLength: registration.headerLength,
+                                memoryID: registration.memoryID, owner: registration)
+    }
+}

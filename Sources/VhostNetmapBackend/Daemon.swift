@@ -19,6 +19,9 @@ public enum SwitchMode: String, Sendable, CaseIterable {
 public struct DaemonOptions: Sendable {
     public var ports: [PortSpec]
     public var switchMode: SwitchMode = .embedded
+    /// Opens netmap ports in kernel mode. Set, it also selects kernel mode without probing
+    /// /dev/netmap (tests give a model of the kernel here).
+    public var netmapOpener: (any NetmapPortOpening)?
     public var hostPorts: [HostPortSpec] = []
     public var controlSocket: String?
     public var busyPoll = false
@@ -71,8 +74,7 @@ public final class Daemon: @unchecked Sendable {
     /// In kernel mode, each port is cross-connected to its netmap port on a two-port switch of
     /// its own; this keeps the netmap binding (descriptor and mapping) alive.
     struct KernelBinding {
-        let registration: NetmapRegistration
-        let port: NetmapKernelPort
+        let opened: OpenedNetmapPort
         let index: Int
         let vale: VALESwitch
     }
@@ -109,7 +111,12 @@ public final class Daemon: @unchecked Sendable {
     }
 
     private func setUp() throws {
-        usesKernel = try Self.resolveSwitch(options.switchMode, logger: logger)
+        if options.netmapOpener != nil {
+            usesKernel = true
+            logger.info("switch: netmap ports through the configured opener")
+        } else {
+            usesKernel = try Self.resolveSwitch(options.switchMode, logger: logger)
+        }
         var seen: Set<String> = []
         for spec in options.ports {
             guard seen.insert(spec.fullName).inserted else { throw DaemonError.startup("port \(spec.fullName) given twice") }
@@ -226,22 +233,21 @@ public final class Daemon: @unchecked Sendable {
 
     /// Kernel mode: registers `name` on /dev/netmap and puts it on a new two-port switch.
     private func crossConnect(_ name: NetmapPortName, as label: String) throws -> (VALESwitch, SwitchWorker) {
-        let registration: NetmapRegistration
-        let port: NetmapKernelPort
+        let opened: OpenedNetmapPort
         do {
-            registration = try NetmapRegistration(name)
-            port = try registration.makePort()
+            opened = try (options.netmapOpener ?? KernelPortOpener()).open(name)
         } catch {
             throw DaemonError.startup("\(label): cannot open netmap port \(name.kernelName): \(error)")
         }
-        if registration.headerLength == 0 {
+        let port = opened.port
+        if opened.headerLength == 0 {
             logger.notice("\(label): netmap port \(name.kernelName) takes no virtio-net header: frames needing checksum or TSO offloads are dropped there")
         }
         let vale = VALESwitch(name: label)
         let worker = try addSwitch(vale)
         let index = try vale.lock.withLock { _ throws(SwitchError) in try vale.attach(port, named: "netmap") }
-        kernelBindings.append(KernelBinding(registration: registration, port: port, index: index, vale: vale))
-        logger.info("\(label): on netmap port \(name.kernelName) (memory id \(registration.memoryID), \(registration.headerLength)-byte header)")
+        kernelBindings.append(KernelBinding(opened: opened, index: index, vale: vale))
+        logger.info("\(label): on netmap port \(name.kernelName) (memory id \(opened.memoryID), \(opened.headerLength)-byte header)")
         return (vale, worker)
     }
 
@@ -593,9 +599,9 @@ public final class Daemon: @unchecked Sendable {
                                    writeErrors: h.port.writeErrors, writesWhileDown: h.port.writesWhileDown, counters: s.vale.counters[h.index])
                 }
                 let netmap = kernelBindings.filter { $0.vale === s.vale }.map { k in
-                    NetmapPortReport(name: k.registration.name.text, index: k.index, headerLength: k.registration.headerLength,
-                                     memoryID: Int(k.registration.memoryID), syncErrors: k.port.syncErrors,
-                                     badSlots: k.port.badSlots, counters: s.vale.counters[k.index])
+                    NetmapPortReport(name: k.opened.name.text, index: k.index, headerLength: k.opened.headerLength,
+                                     memoryID: Int(k.opened.memoryID), syncErrors: k.opened.port.syncErrors,
+                                     badSlots: k.opened.port.badSlots, counters: s.vale.counters[k.index])
                 }
                 return SwitchReport(name: s.vale.name, kind: usesKernel ? "netmap-cross-connect" : "embedded",
                                     learnedAddresses: s.vale.learning.entryCount, ports: ports, hostPorts: taps,

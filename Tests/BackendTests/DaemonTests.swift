@@ -80,7 +80,7 @@ final class RunningDaemon: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private(set) var exitCode: Int32 = -1
 
-    init(ports: [String], clientPorts: [String] = []) throws {
+    init(ports: [String], clientPorts: [String] = [], configure: (inout DaemonOptions) -> Void = { _ in }) throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vhost-netmap-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
         directory = dir
         var specs = try ports.map { try PortSpec.parse("\($0)=\(dir)/\($0.split(separator: ":")[1]).sock") }
@@ -88,6 +88,7 @@ final class RunningDaemon: @unchecked Sendable {
         var options = DaemonOptions(ports: specs, controlSocket: "\(dir)/control.sock")
         options.reconnectInitialNanoseconds = 20_000_000
         options.reconnectMaxNanoseconds = 100_000_000
+        configure(&options)
         daemon = try Daemon(options: options, logger: quietLogger)
         let t = Thread { [self] in
             exitCode = daemon.run()

@@ -1,5 +1,6 @@
 import CNetmap
 import Netmap
+import Synchronization
 
 /// A test double for the netmap kernel module's side of the rings: memory laid out as netmap lays
 /// it out (a `netmap_if` at an offset inside the region, rings found through `ring_ofs`, slots,
@@ -34,6 +35,13 @@ public final class KernelModel: NetmapSync, @unchecked Sendable {
     public var freesTransmitSlots = true
     public private(set) var txsyncCalls = 0
     public private(set) var rxsyncCalls = 0
+    /// Serialises the syncs (called by a switch worker) with the accessors below (a test thread).
+    let lock = Mutex<Void>(())
+
+    /// Frames sent so far (thread-safe).
+    public func transmittedFrames() -> [[UInt8]] { lock.withLock { _ in transmitted } }
+    /// Hands `frame` to user space at a coming rxsync (thread-safe).
+    public func enqueueReceive(_ frame: [UInt8]) { lock.withLock { _ in pendingReceive.append(frame) } }
 
     public init(txRings: Int = 1, rxRings: Int = 1, slots: Int = 64, bufferSize: Int = 2048) {
         self.slots = slots
@@ -131,6 +139,10 @@ public final class KernelModel: NetmapSync, @unchecked Sendable {
     }
 
     public override func txsync() -> Int32 {
+        lock.withLock { _ in txsyncLocked() }
+    }
+
+    func txsyncLocked() -> Int32 {
         txsyncCalls += 1
         for r in 0..<txCount {
             guard prologue(r) else { continue }
@@ -162,6 +174,10 @@ public final class KernelModel: NetmapSync, @unchecked Sendable {
     }
 
     public override func rxsync() -> Int32 {
+        lock.withLock { _ in rxsyncLocked() }
+    }
+
+    func rxsyncLocked() -> Int32 {
         rxsyncCalls += 1
         for k in 0..<rxCount {
             let r = txCount + k

@@ -1,0 +1,75 @@
+import Foundation
+import Glibc
+import Netmap
+import Synchronization
+import Testing
+import TestSupport
+@testable import VhostNetmapBackend
+
+/// Opens every netmap port on a `KernelModel` of its own, remembering which names were opened.
+final class ModelOpener: NetmapPortOpening, @unchecked Sendable {
+    private let models = Mutex<[String: KernelModel]>([:])
+
+    func open(_ name: NetmapPortName) throws -> OpenedNetmapPort {
+        let model = KernelModel(slots: 256)
+        models.withLock { $0[name.kernelName] = model }
+        let port = try NetmapKernelPort(name: name.text, region: model.region, headerLength: 12, sync: model, pollDescriptor: -1)
+        return OpenedNetmapPort(name: name, port: port, headerLength: 12, memoryID: 7, owner: model)
+    }
+
+    func model(_ kernelName: String) -> KernelModel? { models.withLock { $0[kernelName] } }
+}
+
+/// The daemon in kernel mode, with the kernel played by `KernelModel`: each guest is
+/// cross-connected to the netmap port of its own name, frames go both ways through a running
+/// daemon, and the statistics describe the cross-connect.
+@Suite(.serialized) struct DaemonInKernelMode {
+    @Test func eachGuestIsCrossConnectedToItsNetmapPort() throws {
+        let opener = ModelOpener()
+        let d = try RunningDaemon(ports: ["vale0:a", "vale1:b"]) { o in
+            o.netmapOpener = opener
+            o.busyPoll = true  // the model has no descriptor to poll
+        }
+        defer { _ = d.stop() }
+        let a = try SocketGuest(path: d.socket("a"), mac: 1)
+        try a.start()
+        a.postReceiveBuffers(32)
+        guard let model = opener.model("vale0:a") else { Issue.record("vale0:a was not opened on netmap"); return }
+        #expect(opener.model("vale1:b") != nil, "every port gets its own netmap port")
+
+        let frames = (0..<3).map { ethernet(to: [2, 0, 0, 0, 0, 9], from: a.mac, payload: 100 + $0, seed: UInt8($0)) }
+        a.send(frames)
+        var sent: [[UInt8]] = []
+        for _ in 0..<500 where sent.count < 3 { usleep(10_000); sent = model.transmittedFrames() }
+        #expect(sent.map { Array($0.dropFirst(12)) } == frames, "the guest's frames reach the netmap TX ring, 12-byte header first")
+
+        let back = ethernet(to: a.mac, from: [2, 0, 0, 0, 0, 9], payload: 200)
+        model.enqueueReceive([UInt8](repeating: 0, count: 12) + back)
+        #expect(a.receive(1) == [back], "a frame from the netmap RX ring reaches the guest")
+
+        let switches = try d.stats()["switches"] as! [[String: Any]]
+        let cross = switches.first { ($0["name"] as? String) == "vale0:a" }
+        #expect(cross?["kind"] as? String == "netmap-cross-connect")
+        let netmap = (cross?["netmapPorts"] as? [[String: Any]])?.first
+        #expect(netmap?["name"] as? String == "vale0:a")
+        #expect(netmap?["headerLength"] as? Int == 12 && netmap?["badSlots"] as? Int == 0)
+        #expect((netmap?["counters"] as? [String: Any])?["outPackets"] as? Int == 3)
+    }
+
+    @Test func detachingAKernelPortStopsItsWorkerAndReleasesTheBinding() throws {
+        let opener = ModelOpener()
+        let d = try RunningDaemon(ports: ["vale0:a"]) { o in
+            o.netmapOpener = opener
+            o.busyPoll = true
+        }
+        defer { _ = d.stop() }
+        let attached = String(decoding: try ControlClient.request("attach vale0:c=\(d.directory)/c.sock", socket: "\(d.directory)/control.sock"), as: UTF8.self)
+        #expect(attached.hasPrefix("ok attached vale0:c"))
+        #expect(opener.model("vale0:c") != nil)
+        let detached = String(decoding: try ControlClient.request("detach vale0:c", socket: "\(d.directory)/control.sock"), as: UTF8.self)
+        #expect(detached.hasPrefix("ok detached"))
+        let names = (try d.stats()["switches"] as! [[String: Any]]).map { $0["name"] as! String }
+        #expect(!names.contains("vale0:c"), "its cross-connect switch is gone")
+        #expect(names.contains("vale0:a"))
+    }
+}
