@@ -25,11 +25,20 @@ public enum NetmapControl {
 
     /// Sends one request; `body` is the request's body structure (or nil), `options` the head of
     /// an option list (or 0).
-    static func request<Body>(_ fd: CInt, _ type: Int32, name: String, body: inout Body, options: UInt64 = 0, what: String) throws(Failure) {
+    /// A request header for API 14: version, type, name (NUL-terminated, at most 63 bytes).
+    static func header(_ type: Int32, name: String) -> vnm_req_header {
         var header = vnm_req_header()
         header.nr_version = UInt16(VNM_API)
         header.nr_reqtype = UInt16(type)
-        setName(&header, name)
+        withUnsafeMutableBytes(of: &header.nr_name) { raw in
+            raw.initializeMemory(as: UInt8.self, repeating: 0)
+            raw.copyBytes(from: Array(name.utf8.prefix(raw.count - 1)))
+        }
+        return header
+    }
+
+    static func request<Body>(_ fd: CInt, _ type: Int32, name: String, body: inout Body, options: UInt64 = 0, what: String) throws(Failure) {
+        var header = header(type, name: name)
         header.nr_options = options
         let rc = withUnsafeMutablePointer(to: &body) { p in
             header.nr_body = UInt64(UInt(bitPattern: p))
@@ -39,20 +48,9 @@ public enum NetmapControl {
     }
 
     static func requestWithoutBody(_ fd: CInt, _ type: Int32, name: String, what: String) throws(Failure) {
-        var header = vnm_req_header()
-        header.nr_version = UInt16(VNM_API)
-        header.nr_reqtype = UInt16(type)
-        setName(&header, name)
+        var header = header(type, name: name)
         let rc = vnm_ctrl(fd, &header)
         if rc < 0 { throw Failure(request: "\(what) \(name)", errno: Errno(rawValue: -rc)) }
-    }
-
-    static func setName(_ header: inout vnm_req_header, _ name: String) {
-        withUnsafeMutableBytes(of: &header.nr_name) { raw in
-            raw.initializeMemory(as: UInt8.self, repeating: 0)
-            let bytes = Array(name.utf8.prefix(raw.count - 1))
-            raw.copyBytes(from: bytes)
-        }
     }
 
     // MARK: Information
@@ -146,12 +144,9 @@ public enum NetmapControl {
         let fd = try open()
         var out: [ListedPort] = []
         var body = vnm_req_vale_list()
-        var header = vnm_req_header()
         for _ in 0..<(8 * 256) {
-            header = vnm_req_header()
-            header.nr_version = UInt16(VNM_API)
-            header.nr_reqtype = UInt16(VNM_REQ_VALE_LIST)
-            setName(&header, name)
+            // The kernel writes the port's name back into the header: a fresh one each time.
+            var header = header(Int32(VNM_REQ_VALE_LIST), name: name)
             let rc = withUnsafeMutablePointer(to: &body) { p in
                 header.nr_body = UInt64(UInt(bitPattern: p))
                 return vnm_ctrl(fd.rawValue, &header)

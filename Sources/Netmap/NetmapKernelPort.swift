@@ -12,8 +12,11 @@ import Virtio
 public final class NetmapKernelPort: SwitchPort, @unchecked Sendable {
     public let name: String
     public let headerLength: Int
-    private let txRings: [NetmapRing]
-    private let rxRings: [NetmapRing]
+    /// Bound rings in fixed storage: reading an array property per packet would retain its buffer.
+    private let txRings: UnsafeMutableBufferPointer<NetmapRing>
+    private let rxRings: UnsafeMutableBufferPointer<NetmapRing>
+    /// What this port's header lets through (nothing without a header).
+    private let acceptedOffloads: VirtioFeatures
     private let sync: NetmapSync
     private let pollDescriptor: CInt
     private let segments = SegmentList(capacity: NetmapRing.maxFragments)
@@ -38,13 +41,17 @@ public final class NetmapKernelPort: SwitchPort, @unchecked Sendable {
         // Host rings bound on their own (eth0^) are the port's rings then.
         if tx.isEmpty { for i in 0..<region.hostTXRingCount { if let r = try region.hostTXRing(i) { tx.append(r) } } }
         if rx.isEmpty { for i in 0..<region.hostRXRingCount { if let r = try region.hostRXRing(i) { rx.append(r) } } }
-        txRings = tx
-        rxRings = rx
+        txRings = .allocate(capacity: tx.count)
+        _ = txRings.initialize(from: tx)
+        rxRings = .allocate(capacity: rx.count)
+        _ = rxRings.initialize(from: rx)
+        acceptedOffloads = headerLength == 0 ? [] : [.netGuestCSUM, .netGuestTSO4, .netGuestTSO6, .netGuestECN, .netGuestUFO]
         super.init()
     }
 
-    private var acceptedOffloads: VirtioFeatures {
-        headerLength == 0 ? [] : [.netGuestCSUM, .netGuestTSO4, .netGuestTSO6, .netGuestECN, .netGuestUFO]
+    deinit {
+        txRings.deallocate()
+        rxRings.deallocate()
     }
 
     // MARK: netmap RX → switch

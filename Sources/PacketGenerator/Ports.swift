@@ -72,9 +72,6 @@ public final class VhostUserPort: PacketPort {
     let rxBuffers: UInt64
     let txBuffers: UInt64
     var freeTX: [UInt16]
-    var txLastUsed: UInt16 = 0
-    var rxLastUsed: UInt16 = 0
-    var rxPending = false
     public var macAddress: [UInt8]? { nil }
 
     public init(path: String) throws {
@@ -112,20 +109,8 @@ public final class VhostUserPort: PacketPort {
         EventFD.signal(kicks[0].rawValue)
     }
 
-    /// Used entries of `q` since `last`: (id, length).
-    @inline(__always)
-    func takeUsed(_ q: DriverQueue, from last: inout UInt16, _ body: (UInt16, UInt32) -> Void) {
-        let end = q.deviceUsedIndex
-        while last != end {
-            let e = memory.host(q.usedRing) + 4 + 8 * (Int(last) & (Self.ringSize - 1))
-            body(UInt16(truncatingIfNeeded: UInt32(littleEndian: e.load(as: UInt32.self))),
-                 UInt32(littleEndian: e.load(fromByteOffset: 4, as: UInt32.self)))
-            last &+= 1
-        }
-    }
-
     func reclaimTX() {
-        takeUsed(tx, from: &txLastUsed) { id, _ in if Int(id) < Self.ringSize { freeTX.append(id) } }
+        tx.takeUsed { id, _ in if Int(id) < Self.ringSize { freeTX.append(id) } }
     }
 
     public var transmitSpace: Int { reclaimTX(); return freeTX.count }
@@ -161,20 +146,15 @@ public final class VhostUserPort: PacketPort {
 
     public func receive(max: Int, _ body: (UnsafeRawPointer, Int) -> Void) -> Int {
         var n = 0
-        let end = rx.deviceUsedIndex
-        while rxLastUsed != end && n < max {
-            let e = memory.host(rx.usedRing) + 4 + 8 * (Int(rxLastUsed) & (Self.ringSize - 1))
-            let id = Int(UInt32(littleEndian: e.load(as: UInt32.self)))
-            let length = Int(UInt32(littleEndian: e.load(fromByteOffset: 4, as: UInt32.self)))
-            rxLastUsed &+= 1
-            guard id < Self.ringSize else { continue }
-            if length > headerLength && length <= Self.bufferSize {
-                body(UnsafeRawPointer(memory.host(rxBuffers + UInt64(id * Self.bufferSize))) + headerLength, length - headerLength)
+        let taken = rx.takeUsed(max: max) { id, length in
+            guard Int(id) < Self.ringSize else { return }
+            if Int(length) > headerLength && Int(length) <= Self.bufferSize {
+                body(UnsafeRawPointer(memory.host(rxBuffers + UInt64(Int(id) * Self.bufferSize))) + headerLength, Int(length) - headerLength)
                 n += 1
             }
-            rx.pushAvail(head: UInt16(id))
+            rx.pushAvail(head: id)
         }
-        if n > 0 {
+        if taken > 0 {
             rx.publish()
             if !rx.deviceSuppressesKicks { EventFD.signal(kicks[0].rawValue) }
         }
@@ -182,7 +162,7 @@ public final class VhostUserPort: PacketPort {
     }
 
     public func waitForReceive(milliseconds: Int32) {
-        if rx.deviceUsedIndex != rxLastUsed { return }
+        if rx.hasUsed { return }
         var pfd = pollfd(fd: calls[0].rawValue, events: Int16(POLLIN), revents: 0)
         if poll(&pfd, 1, milliseconds) > 0 { _ = EventFD.drain(calls[0].rawValue) }
     }

@@ -139,8 +139,7 @@ public final class IOURing {
     public func readFixed(fd: CInt, fixedFile: Bool, into buffer: UnsafeMutableRawPointer, length: Int, bufferIndex: Int, userData: UInt64) {
         let s = sqe()
         io_uring_prep_read_fixed(s, fd, buffer, UInt32(length), 0, Int32(bufferIndex))
-        if fixedFile { s.pointee.flags |= CUR_SQE_FIXED_FILE }
-        io_uring_sqe_set_data64(s, userData)
+        tag(s, fixedFile: fixedFile, userData: userData)
     }
 
     /// Writes from fixed buffer `bufferIndex`.
@@ -148,6 +147,11 @@ public final class IOURing {
     public func writeFixed(fd: CInt, fixedFile: Bool, from buffer: UnsafeRawPointer, length: Int, bufferIndex: Int, userData: UInt64) {
         let s = sqe()
         io_uring_prep_write_fixed(s, fd, buffer, UInt32(length), 0, Int32(bufferIndex))
+        tag(s, fixedFile: fixedFile, userData: userData)
+    }
+
+    @inline(__always)
+    private func tag(_ s: UnsafeMutablePointer<io_uring_sqe>, fixedFile: Bool, userData: UInt64) {
         if fixedFile { s.pointee.flags |= CUR_SQE_FIXED_FILE }
         io_uring_sqe_set_data64(s, userData)
     }

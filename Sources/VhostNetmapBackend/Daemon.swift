@@ -224,7 +224,6 @@ public final class Daemon: @unchecked Sendable {
         } catch {
             throw DaemonError.startup("host port \(spec.fullName): \(error)")
         }
-        tap.setOffloads(.all)
         let index = try vale.lock.withLock { _ throws(SwitchError) in try vale.attach(tap, named: spec.interfaceName) }
         worker.poke()
         hostPorts.append(HostPortEntry(spec: spec, port: tap, index: index, vale: vale))

@@ -123,7 +123,6 @@ public struct HostPortSpec: Sendable, Equatable {
     public static func parse(_ text: String) throws(PortSpec.ParseError) -> HostPortSpec {
         let parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         let (sw, tap) = try PortSpec.parseName(parts[0])
-        guard tap.utf8.count < 16 else { throw .message("'\(tap)': interface names are at most 15 characters") }
         var spec = HostPortSpec(switchName: sw, interfaceName: tap)
         for option in parts.dropFirst() {
             if option.hasPrefix("queues=") {

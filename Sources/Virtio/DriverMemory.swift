@@ -134,15 +134,33 @@ public final class DriverQueue: @unchecked Sendable {
     /// Whether the device asked not to be kicked (VRING_USED_F_NO_NOTIFY).
     public var deviceSuppressesKicks: Bool { SplitQueue.load16(memory.host(usedRing)) & 1 != 0 }
 
-    /// Takes the used entries the device published since the last call: (head, length).
-    public func reapUsed() -> [(head: UInt16, length: UInt32)] {
+    /// Hands up to `max` used entries published since the last call to `body` as (id, length),
+    /// without allocating and without touching descriptors (for drivers that keep one buffer per
+    /// descriptor, like pkt-gen). Returns how many.
+    @inline(__always)
+    @discardableResult
+    public func takeUsed(max: Int = .max, _ body: (UInt16, UInt32) -> Void) -> Int {
         let end = deviceUsedIndex
-        var out: [(UInt16, UInt32)] = []
-        while lastUsedIndex != end {
+        var n = 0
+        while lastUsedIndex != end && n < max {
             let e = memory.host(usedRing) + 4 + 8 * (Int(lastUsedIndex) & (size - 1))
-            let id = UInt32(littleEndian: e.load(as: UInt32.self))
-            let len = UInt32(littleEndian: e.load(fromByteOffset: 4, as: UInt32.self))
-            out.append((UInt16(truncatingIfNeeded: id), len))
+            body(UInt16(truncatingIfNeeded: UInt32(littleEndian: e.load(as: UInt32.self))),
+                 UInt32(littleEndian: e.load(fromByteOffset: 4, as: UInt32.self)))
+            lastUsedIndex &+= 1
+            n += 1
+        }
+        return n
+    }
+
+    /// Whether the device published used entries not taken yet.
+    public var hasUsed: Bool { deviceUsedIndex != lastUsedIndex }
+
+    /// Takes the used entries the device published since the last call: (head, length), and
+    /// returns their chains' descriptors to the free list.
+    public func reapUsed() -> [(head: UInt16, length: UInt32)] {
+        var out: [(UInt16, UInt32)] = []
+        takeUsed { id, len in
+            out.append((id, len))
             if Int(id) < size {
                 let n = chainLength[Int(id)]
                 var d = Int(id)
@@ -152,7 +170,6 @@ public final class DriverQueue: @unchecked Sendable {
                 }
                 chainLength[Int(id)] = 0
             }
-            lastUsedIndex &+= 1
         }
         return out
     }

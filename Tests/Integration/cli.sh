@@ -29,6 +29,8 @@ if [ -w /proc/sys/kernel/io_uring_disabled ]; then
   echo "$before" > /proc/sys/kernel/io_uring_disabled
   [ $rc -eq 1 ] && grep -q "io_uring is not available" "$WORK/uring.log" && pass "io_uring disabled: exit 1 with a message" \
     || fail "io_uring disabled: rc $rc $(cat "$WORK/uring.log")"
+else
+  echo "  (skipped the io_uring-disabled check: /proc/sys/kernel/io_uring_disabled is not writable here)"
 fi
 start_daemon --port "vale0:x=$WORK/x.sock" || exit 1
 [ -S "$WORK/x.sock" ] && pass "socket created" || fail "no socket"
