@@ -74,7 +74,7 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .executableTarget(name: "pkt-gen", dependencies: ["PacketGenerator"]),
-        .target(name: "TestSupport", dependencies: ["Netmap", "CNetmap"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["Netmap", "CNetmap", "VhostSystem"], path: "Tests/TestSupport"),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "VhostSystem", "TestSupport"]),
         .testTarget(name: "PacketGeneratorTests", dependencies: ["PacketGenerator"]),
         .testTarget(name: "NetmapTests", dependencies: ["Netmap", "CNetmap", "VALESwitch", "Virtio", "VhostSystem", "TestSupport"]),

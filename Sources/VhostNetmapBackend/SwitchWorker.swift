@@ -1,6 +1,7 @@
 import Glibc
 import Logging
 import Synchronization
+import SystemPackage
 import URing
 import VALESwitch
 import VhostSystem
@@ -58,8 +59,6 @@ public final class SwitchWorker: @unchecked Sendable {
         thread = nil
     }
 
-    private static let wakeToken: UInt64 = 1 << 62
-
     private func run() {
         Posix.setThreadName("vale-\(vale.name)")
         if let cpu, !Posix.pinThread(toCPU: cpu) {
@@ -72,20 +71,16 @@ public final class SwitchWorker: @unchecked Sendable {
             logger.critical("switch \(vale.name): io_uring unavailable for the worker: \(error)")
             return
         }
-        ring.read(fd: wake.rawValue, into: kickSink, length: 8, userData: Self.wakeToken)
-        var armedGeneration: UInt64 = .max
-        var armEpoch: UInt64 = 0
-        var armed: [CInt] = []
-        var pollable: [CInt] = []
-        let pollBit: UInt64 = 0x8000
-        var fired: [UInt64] = []
+        var sources = WakeTable(control: wake.rawValue, sink: kickSink)
+        sources.arm(.control, on: ring)
+        var fired: [WakeSource] = []
         fired.reserveCapacity(64)
 
         while !stopping.load(ordering: .acquiring) {
             let moved = vale.lock.withLock { _ in vale.runPass(budget: Self.batch) }
             if moved > 0 || busyPoll { continue }
 
-            // Nothing to do: ask for kicks, re-check, then sleep.
+            // Nothing to do: ask for wake-ups, re-check, then sleep.
             let mustStayAwake: Bool = vale.lock.withLock { _ in
                 var pending = false
                 var polled = false
@@ -93,15 +88,10 @@ public final class SwitchWorker: @unchecked Sendable {
                     if p.port.prepareToSleep() { pending = true }
                     if p.port.needsPolling { polled = true }
                 }
-                if vale.generation != armedGeneration {
-                    for i in armed.indices { ring.cancel(userData: armEpoch << 16 | UInt64(i)) }
-                    for i in pollable.indices { ring.cancel(userData: armEpoch << 16 | pollBit | UInt64(i)) }
-                    armEpoch &+= 1
-                    armed = vale.attachedPorts.flatMap { $0.port.wakeDescriptors() }
-                    pollable = vale.attachedPorts.flatMap { $0.port.pollDescriptors() }
-                    for (i, fd) in armed.enumerated() { ring.read(fd: fd, into: kickSink, length: 8, userData: armEpoch << 16 | UInt64(i)) }
-                    for (i, fd) in pollable.enumerated() { ring.pollAdd(fd: fd, userData: armEpoch << 16 | pollBit | UInt64(i)) }
-                    armedGeneration = vale.generation
+                if vale.generation != sources.generation {
+                    sources.rebuild(on: ring, generation: vale.generation,
+                                    eventFDs: vale.attachedPorts.flatMap { $0.port.wakeDescriptors() },
+                                    readable: vale.attachedPorts.flatMap { $0.port.pollDescriptors() })
                 }
                 if pending || polled {
                     for p in vale.attachedPorts { p.port.finishSleeping() }
@@ -111,24 +101,66 @@ public final class SwitchWorker: @unchecked Sendable {
             if mustStayAwake { continue }
 
             fired.removeAll(keepingCapacity: true)
-            ring.submitAndWait { c in if c.result > 0 { fired.append(c.userData) } }
-            vale.lock.withLock { _ in
-                for token in fired {
-                    if token == Self.wakeToken {
-                        EventFD.drain(wake.rawValue)
-                        ring.read(fd: wake.rawValue, into: kickSink, length: 8, userData: Self.wakeToken)
-                    } else if token >> 16 == armEpoch && vale.generation == armedGeneration {
-                        // The descriptor table is unchanged since arming, so the number is still ours.
-                        let i = Int(token & 0xffff)
-                        if i < armed.count {
-                            EventFD.drain(armed[i])
-                            ring.pollAdd(fd: armed[i], userData: token)
-                        }
-                    }
+            ring.submitAndWait { c in
+                guard let source = WakeSource(userData: c.userData) else { return }
+                if c.result >= 0 {
+                    fired.append(source)
+                } else if c.result != -ECANCELED {
+                    // Not re-armed: a source that fails once would fail in a tight loop.
+                    logger.error("switch \(vale.name): wake-up \(source) failed: \(Errno(rawValue: -c.result)); it is no longer watched")
                 }
+            }
+            vale.lock.withLock { _ in
+                // Every source that fired is armed again before the ports run, so a frame that
+                // arrives from here on wakes the next sleep.
+                for source in fired { sources.arm(source, on: ring) }
                 for p in vale.attachedPorts { p.port.finishSleeping() }
             }
         }
         vale.lock.withLock { _ in vale.flushDeliveries() }
+    }
+}
+
+/// The descriptors a sleeping worker watches, each with the operation armed on it. Rebuilt (old
+/// operations cancelled, a new epoch) when the switch's ports change; every source is re-armed
+/// by `rearm` after its completion, the one rule that keeps a source from going deaf.
+struct WakeTable {
+    let control: CInt
+    /// Where armed 8-byte eventfd reads land; nobody reads the counts.
+    let sink: UnsafeMutableRawPointer
+    private(set) var epoch: UInt32 = 0
+    private(set) var generation: UInt64 = .max
+    private(set) var eventFDs: [CInt] = []
+    private(set) var readable: [CInt] = []
+
+    init(control: CInt, sink: UnsafeMutableRawPointer) {
+        self.control = control
+        self.sink = sink
+    }
+
+    mutating func rebuild(on ring: IOURing, generation: UInt64, eventFDs: [CInt], readable: [CInt]) {
+        for i in self.eventFDs.indices { ring.cancel(userData: WakeSource.eventFD(epoch: epoch, index: i).userData) }
+        for i in self.readable.indices { ring.cancel(userData: WakeSource.readable(epoch: epoch, index: i).userData) }
+        epoch &+= 1
+        self.generation = generation
+        self.eventFDs = Array(eventFDs.prefix(WakeSource.maxIndex + 1))
+        self.readable = Array(readable.prefix(WakeSource.maxIndex + 1))
+        for i in self.eventFDs.indices { arm(.eventFD(epoch: epoch, index: i), on: ring) }
+        for i in self.readable.indices { arm(.readable(epoch: epoch, index: i), on: ring) }
+    }
+
+    /// Arms `source`: at start, and again after each of its completions. Sources of an older
+    /// table are dropped.
+    func arm(_ source: WakeSource, on ring: IOURing) {
+        switch source {
+        case .control:
+            ring.read(fd: control, into: sink, length: 8, userData: source.userData)
+        case let .eventFD(e, i):
+            guard e == epoch, i < eventFDs.count else { return }
+            ring.read(fd: eventFDs[i], into: sink, length: 8, userData: source.userData)
+        case let .readable(e, i):
+            guard e == epoch, i < readable.count else { return }
+            ring.pollAdd(fd: readable[i], userData: source.userData)
+        }
     }
 }

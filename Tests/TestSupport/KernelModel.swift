@@ -1,5 +1,6 @@
 import CNetmap
 import Netmap
+import VhostSystem
 import Synchronization
 
 /// A test double for the netmap kernel module's side of the rings: memory laid out as netmap lays
@@ -38,14 +39,34 @@ public final class KernelModel: NetmapSync, @unchecked Sendable {
     /// Serialises the syncs (called by a switch worker) with the accessors below (a test thread).
     let lock = Mutex<Void>(())
 
+    /// Polls readable as a netmap descriptor does: while frames wait for user space, either
+    /// queued for the next rxsync or reported by the last one and not yet released (level
+    /// triggered; an eventfd set and cleared under `lock`).
+    private let readinessEventFD: OwnedDescriptor
+    public var readiness: CInt { readinessEventFD.rawValue }
+
+    /// How often each sync ran (thread-safe).
+    public func syncCallCounts() -> (tx: Int, rx: Int) { lock.withLock { _ in (txsyncCalls, rxsyncCalls) } }
     /// Frames sent so far (thread-safe).
     public func transmittedFrames() -> [[UInt8]] { lock.withLock { _ in transmitted } }
-    /// Hands `frame` to user space at a coming rxsync (thread-safe).
-    public func enqueueReceive(_ frame: [UInt8]) { lock.withLock { _ in pendingReceive.append(frame) } }
+    /// Hands `frame` to user space at a coming rxsync (thread-safe); the readiness descriptor
+    /// polls readable from now on.
+    public func enqueueReceive(_ frame: [UInt8]) {
+        lock.withLock { _ in
+            pendingReceive.append(frame)
+            updateReadiness()
+        }
+    }
+
+    func updateReadiness() {
+        let waiting = !pendingReceive.isEmpty || (0..<rxCount).contains { rings[txCount + $0].pointee.head != hwtail[txCount + $0] }
+        if waiting { EventFD.signal(readiness) } else { EventFD.drain(readiness) }
+    }
 
     public init(txRings: Int = 1, rxRings: Int = 1, slots: Int = 64, bufferSize: Int = 2048) {
         self.slots = slots
         self.bufferSize = bufferSize
+        readinessEventFD = try! EventFD.make()
         txCount = txRings
         rxCount = rxRings
         partial = Array(repeating: [], count: txRings)
@@ -204,6 +225,7 @@ public final class KernelModel: NetmapSync, @unchecked Sendable {
             }
             rings[r].pointee.tail = hwtail[r]
         }
+        updateReadiness()
         return 0
     }
 
