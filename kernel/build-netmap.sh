@@ -5,8 +5,8 @@
 # (the version linux-headers-amd64 points to, so the module's vermagic equals the guest's).
 #
 # usage: kernel/build-netmap.sh OUTDIR
-# Leaves in OUTDIR: netmap.ko pkt-gen vale-ctl ctrl-api-test kernel-version netmap-abi.h.d/
-# (the archive's net/netmap*.h, for comparing our ABI with the real headers). Cached: a second
+# Leaves in OUTDIR: netmap.ko pkt-gen vale-ctl ctrl-api-test kernel-version headers/net/netmap*.h
+# (the archive's user headers, for comparing our ABI with the real ones). Cached: a second
 # run with the same archive and kernel version does nothing. Exit 3 (with a line saying why)
 # when the kernel packages cannot be had; 1 on a build failure.
 set -eu
@@ -49,8 +49,8 @@ SRC=$(find "$OUT/src" -maxdepth 2 -name configure -printf '%h\n' | head -1)
 ) || { echo "build-netmap: build failed (see $OUT/configure.log and $OUT/make.log)"; tail -20 "$OUT/make.log" 2>/dev/null; exit 1; }
 cp "$SRC/netmap.ko" "$OUT/"
 cp "$SRC/build-apps/pkt-gen/pkt-gen" "$SRC/build-apps/vale-ctl/vale-ctl" "$SRC/build-utils/ctrl-api-test" "$OUT/"
-mkdir -p "$OUT/headers"
-cp "$SRC"/sys/net/netmap*.h "$OUT/headers/"
+mkdir -p "$OUT/headers/net"
+cp "$SRC"/sys/net/netmap*.h "$OUT/headers/net/"
 # modinfo needs kmod; the vermagic string is in the module's .modinfo section as text.
 vermagic=$(tr '\0' '\n' < "$OUT/netmap.ko" | sed -n 's/^vermagic=\([^ ]*\).*/\1/p' | head -1)
 [ "$vermagic" = "$KV" ] || { echo "build-netmap: netmap.ko vermagic '$vermagic' is not $KV"; exit 1; }

@@ -3,7 +3,7 @@
 # tests use (DPDK testpmd, QEMU, busybox for the guest image). Skips what is installed.
 set -eu
 need="liburing-dev pkg-config"
-[ "${1:-}" = test ] && need="$need dpdk-dev qemu-system-x86 busybox-static python3 iproute2 iperf3 iputils-ping libvirt-daemon-system libvirt-clients"
+[ "${1:-}" = test ] && need="$need dpdk-dev qemu-system-x86 busybox-static python3 iproute2 iperf3 iputils-ping libvirt-daemon-system libvirt-clients gcc make"
 missing=""
 for p in $need; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

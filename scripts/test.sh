@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: installs what they need, the Swift unit and hostile-input tests, then the
-# integration tests against real peers (dpdk-testpmd virtio-user, a QEMU guest).
+# integration tests against real peers (dpdk-testpmd virtio-user, QEMU guests, libvirtd, and the
+# real netmap module in a guest: Tests/Integration/netmap-kernel.sh).
 # The last line is "N passed, M failed". Set SKIP_INTEGRATION=1 for the Swift tests alone.
 set -u
 cd "$(dirname "$0")/.."
@@ -45,6 +46,7 @@ if [ -z "${SKIP_INTEGRATION:-}" ]; then
   run Tests/Integration/two-guests.sh
   run Tests/Integration/pktgen.sh
   run Tests/Integration/guest-pktgen.sh
+  run Tests/Integration/netmap-kernel.sh
   run Tests/Integration/libvirt.sh
 fi
 echo "$passed passed, $failed failed"

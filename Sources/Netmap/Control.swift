@@ -105,13 +105,23 @@ public enum NetmapControl {
         }
     }
 
-    /// POOLS_INFO_GET for a port's allocator (or allocator `memoryID` with an empty name).
-    public static func poolsInfo(_ name: String, memoryID: UInt16 = 1) throws(Failure) -> PoolsInfo {
+    /// POOLS_INFO_GET for the allocator of port `name`. The module looks the port up as a
+    /// registration would (an absent VALE port is created for the request and released after
+    /// it, on allocator `memoryID` when that is not 0); an empty name is refused by the module
+    /// (ENXIO), so it is refused here.
+    public static func poolsInfo(_ name: String, memoryID: UInt16 = 0) throws(Failure) -> PoolsInfo {
+        guard !name.isEmpty else { throw Failure(request: "POOLS_INFO_GET (needs a port name)", errno: .noSuchAddressOrDevice) }
         let fd = try open()
         var body = vnm_req_pools_info()
         body.nr_mem_id = memoryID
         try request(fd.rawValue, Int32(VNM_REQ_POOLS_INFO_GET), name: name, body: &body, what: "POOLS_INFO_GET")
         return PoolsInfo(body)
+    }
+
+    /// The pools of the global allocator (memory id 1), through a VALE port that exists only for
+    /// the request.
+    public static func globalPoolsInfo() throws(Failure) -> PoolsInfo {
+        try poolsInfo("valevnprobe:p\(getpid())", memoryID: 1)
     }
 
     /// PORT_HDR_GET: the virtio-net header length of a port.

@@ -110,8 +110,11 @@ struct KernelCheck: ParsableCommand {
         case .available(let memory):
             print("device:      \(NetmapControl.devicePath) opens; API \(NetmapControl.apiVersion) accepted")
             print("global memory: \(memory / 1_048_576) MiB")
-            if let pools = try? NetmapControl.poolsInfo("", memoryID: 1) {
+            switch Result(catching: { () throws(NetmapControl.Failure) in try NetmapControl.globalPoolsInfo() }) {
+            case .success(let pools):
                 print("pools:       if \(pools.interfaces.total)×\(pools.interfaces.size) B, ring \(pools.rings.total)×\(pools.rings.size) B, buf \(pools.buffers.total)×\(pools.buffers.size) B")
+            case .failure(let error):
+                print("pools:       \(error)")
             }
             if let ports = try? NetmapControl.listVALE() {
                 print("VALE ports:  \(ports.isEmpty ? "none" : "")")

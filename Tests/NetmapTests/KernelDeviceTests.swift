@@ -61,8 +61,15 @@ struct NetmapKernelDevice {
         #expect(sender.syncErrors == 0 && receiver.syncErrors == 0)
     }
 
+    /// POOLS_INFO_GET needs a port name (the module answers ENXIO to an empty one); the global
+    /// allocator is reached through a VALE port that exists for the request only.
     @Test func poolsAndPortInfoAnswer() throws {
-        let pools = try NetmapControl.poolsInfo("", memoryID: 1)
+        let pools = try NetmapControl.globalPoolsInfo()
         #expect(pools.buffers.total > 0 && pools.buffers.size >= 64)
+        #expect(pools.memoryID == 1)
+        let global = try NetmapControl.portInfo("", memoryID: 1)
+        #expect(global.memorySize == pools.memorySize, "PORT_INFO_GET and POOLS_INFO_GET agree on the global allocator")
+        #expect(throws: NetmapControl.Failure.self) { try NetmapControl.poolsInfo("") }
+        #expect(try NetmapControl.listVALE().allSatisfy { !$0.name.hasPrefix("valevnprobe") }, "the probe port is gone")
     }
 }
