@@ -224,11 +224,19 @@ public final class NetmapRegistration: @unchecked Sendable {
     public let headerLength: Int
     public let memoryID: UInt16
 
+    /// How `makePort` syncs the rings.
+    public let syncMode: NetmapSyncMode
+    /// The kernel loop, once `makePort` started it (kloop mode); stopped before the descriptor
+    /// closes.
+    public private(set) var kernelLoop: KernelLoopSync?
+
     /// REGISTER `name` with its mode and flags (ACCEPT_VNET_HDR always, NO_TX_POLL: we sync TX
-    /// ourselves), set a `wantedHeader`-byte virtio-net header on VALE ports (falling back to none
-    /// where the port refuses it), and map the memory.
-    public init(_ name: NetmapPortName, wantedHeader: Int = 12) throws(NetmapControl.Failure) {
+    /// ourselves; EXCLUSIVE for the kernel loop, whose CSB mode requires it), set a
+    /// `wantedHeader`-byte virtio-net header on VALE ports (falling back to none where the port
+    /// refuses it), and map the memory.
+    public init(_ name: NetmapPortName, wantedHeader: Int = 12, sync: NetmapSyncMode = .ioctl) throws(NetmapControl.Failure) {
         self.name = name
+        syncMode = sync
         let fd = try NetmapControl.open()
         var header = 0
         if name.isVALE && wantedHeader > 0 {
@@ -239,7 +247,7 @@ public final class NetmapRegistration: @unchecked Sendable {
         let (mode, ringID) = name.mode.registerMode
         body.nr_mode = mode
         body.nr_ringid = ringID
-        body.nr_flags = name.flags.rawValue | VNM_NR_ACCEPT_VNET_HDR | VNM_NR_NO_TX_POLL
+        body.nr_flags = name.flags.rawValue | VNM_NR_ACCEPT_VNET_HDR | VNM_NR_NO_TX_POLL | (sync == .kloop ? VNM_NR_EXCLUSIVE : 0)
         body.nr_mem_id = UInt16(name.memoryID ?? 0)
         if let r = name.configuration.txRings { body.nr_tx_rings = UInt16(r) }
         if let r = name.configuration.rxRings { body.nr_rx_rings = UInt16(r) }
@@ -269,10 +277,21 @@ public final class NetmapRegistration: @unchecked Sendable {
         memoryID = body.nr_mem_id
     }
 
-    /// The switch port on this registration.
+    deinit { kernelLoop?.stop() }
+
+    /// The switch port on this registration: synced by ioctls and woken by polls of the
+    /// descriptor, or synced through a kernel loop started here and woken by its irqfds.
     public func makePort() throws -> NetmapKernelPort {
-        try NetmapKernelPort(name: name.text, region: region, headerLength: headerLength,
-                             sync: KernelSync(fd: descriptor.rawValue), pollDescriptor: descriptor.rawValue)
+        switch syncMode {
+        case .ioctl:
+            return try NetmapKernelPort(name: name.text, region: region, headerLength: headerLength,
+                                        sync: KernelSync(fd: descriptor.rawValue), pollDescriptor: descriptor.rawValue)
+        case .kloop:
+            precondition(kernelLoop == nil, "one port per registration")
+            let loop = try KernelLoopSync(name: name.kernelName, fd: descriptor.rawValue, region: region)
+            kernelLoop = loop
+            return try NetmapKernelPort(name: name.text, region: region, headerLength: headerLength, sync: loop, pollDescriptor: -1)
+        }
     }
 }
 
@@ -310,14 +329,16 @@ public struct OpenedNetmapPort {
     public let port: NetmapKernelPort
     public let headerLength: Int
     public let memoryID: UInt16
-    /// What keeps the binding alive (the registration: descriptor and mapping).
+    public let sync: NetmapSyncMode
+    /// What keeps the binding alive (the registration: descriptor, mapping, kernel loop).
     public let owner: AnyObject
 
-    public init(name: NetmapPortName, port: NetmapKernelPort, headerLength: Int, memoryID: UInt16, owner: AnyObject) {
+    public init(name: NetmapPortName, port: NetmapKernelPort, headerLength: Int, memoryID: UInt16, sync: NetmapSyncMode = .ioctl, owner: AnyObject) {
         self.name = name
         self.port = port
         self.headerLength = headerLength
         self.memoryID = memoryID
+        self.sync = sync
         self.owner = owner
     }
 }
@@ -325,14 +346,14 @@ public struct OpenedNetmapPort {
 /// How kernel mode opens netmap ports: through /dev/netmap (`KernelPortOpener`), or, in tests,
 /// through a model of the kernel.
 public protocol NetmapPortOpening: Sendable {
-    func open(_ name: NetmapPortName) throws -> OpenedNetmapPort
+    func open(_ name: NetmapPortName, sync: NetmapSyncMode) throws -> OpenedNetmapPort
 }
 
 public struct KernelPortOpener: NetmapPortOpening {
     public init() {}
-    public func open(_ name: NetmapPortName) throws -> OpenedNetmapPort {
-        let registration = try NetmapRegistration(name)
+    public func open(_ name: NetmapPortName, sync: NetmapSyncMode) throws -> OpenedNetmapPort {
+        let registration = try NetmapRegistration(name, sync: sync)
         return OpenedNetmapPort(name: name, port: try registration.makePort(), headerLength: registration.headerLength,
-                                memoryID: registration.memoryID, owner: registration)
+                                memoryID: registration.memoryID, sync: sync, owner: registration)
     }
 }

@@ -34,13 +34,7 @@ public final class NetmapKernelPort: SwitchPort, @unchecked Sendable {
         self.headerLength = headerLength
         self.sync = sync
         self.pollDescriptor = pollDescriptor
-        var tx: [NetmapRing] = []
-        var rx: [NetmapRing] = []
-        for i in 0..<region.txRingCount { if let r = try region.txRing(i) { tx.append(r) } }
-        for i in 0..<region.rxRingCount { if let r = try region.rxRing(i) { rx.append(r) } }
-        // Host rings bound on their own (eth0^) are the port's rings then.
-        if tx.isEmpty { for i in 0..<region.hostTXRingCount { if let r = try region.hostTXRing(i) { tx.append(r) } } }
-        if rx.isEmpty { for i in 0..<region.hostRXRingCount { if let r = try region.hostRXRing(i) { rx.append(r) } } }
+        let (tx, rx, _, _) = try region.portRings()
         txRings = .allocate(capacity: tx.count)
         _ = txRings.initialize(from: tx)
         rxRings = .allocate(capacity: rx.count)
@@ -135,7 +129,13 @@ public final class NetmapKernelPort: SwitchPort, @unchecked Sendable {
         guard cur < ring.slotCount, ring.tail < ring.slotCount else { badSlots &+= 1; return .notReady }
         let total = headerLength &+ frame.length
         let needed = (total &+ ring.bufferSize &- 1) / ring.bufferSize
-        guard needed <= NetmapRing.maxFragments, needed <= Int(ring.distance(from: cur, to: ring.tail)) else { return .noRoom }
+        guard needed <= NetmapRing.maxFragments else { return .noRoom }
+        if needed > Int(ring.distance(from: cur, to: ring.tail)) {
+            // The kernel may have freed slots since the last sync (the kernel loop frees them
+            // on its own time): look once more before dropping.
+            sync.refreshTransmitSpace()
+            guard ring.tail < ring.slotCount, needed <= Int(ring.distance(from: cur, to: ring.tail)) else { return .noRoom }
+        }
 
         var header = frame.header
         header.numBuffers = 0
@@ -179,9 +179,16 @@ public final class NetmapKernelPort: SwitchPort, @unchecked Sendable {
     // MARK: Sleeping
 
     public override func pollDescriptors() -> [CInt] { pollDescriptor >= 0 ? [pollDescriptor] : [] }
+    public override func wakeDescriptors() -> [CInt] { sync.notificationDescriptors }
 
-    /// Frames already reported by the last rxsync and not yet taken.
+    /// Frames already reported by the last sync and not yet taken (after asking the kernel loop,
+    /// if there is one, for a notification).
     public override func prepareToSleep() -> Bool {
-        rxRings.contains { $0.head != $0.tail }
+        sync.enableNotifications()
+        return rxRings.contains { $0.head != $0.tail }
+    }
+
+    public override func finishSleeping() {
+        sync.disableNotifications()
     }
 }

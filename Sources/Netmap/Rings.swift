@@ -58,6 +58,21 @@ public struct NetmapRegion: @unchecked Sendable {
     public func rxRing(_ i: Int) throws(LayoutError) -> NetmapRing? { try ring(at: txRingCount + hostTXRingCount + i) }
     public func hostTXRing(_ i: Int) throws(LayoutError) -> NetmapRing? { try ring(at: txRingCount + i) }
     public func hostRXRing(_ i: Int) throws(LayoutError) -> NetmapRing? { try ring(at: txRingCount + hostTXRingCount + rxRingCount + i) }
+
+    /// The rings a port moves frames on, per direction: the NIC (or VALE, pipe) rings this
+    /// descriptor bound, or its host rings when it bound only those (`eth0^`). The kernel orders
+    /// a binding's rings NIC first, then host, so these are always the first `tx.count` and
+    /// `rx.count` of the bound ones; `boundTX` counts all bound TX rings (the kernel loop's CSB
+    /// has one entry per bound ring, TX first).
+    public func portRings() throws(LayoutError) -> (tx: [NetmapRing], rx: [NetmapRing], boundTX: Int, boundRX: Int) {
+        var nicTX: [NetmapRing] = [], nicRX: [NetmapRing] = [], hostTX: [NetmapRing] = [], hostRX: [NetmapRing] = []
+        for i in 0..<txRingCount { if let r = try txRing(i) { nicTX.append(r) } }
+        for i in 0..<rxRingCount { if let r = try rxRing(i) { nicRX.append(r) } }
+        for i in 0..<hostTXRingCount { if let r = try hostTXRing(i) { hostTX.append(r) } }
+        for i in 0..<hostRXRingCount { if let r = try hostRXRing(i) { hostRX.append(r) } }
+        return (nicTX.isEmpty ? hostTX : nicTX, nicRX.isEmpty ? hostRX : nicRX,
+                nicTX.count + hostTX.count, nicRX.count + hostRX.count)
+    }
 }
 
 /// One netmap ring seen from user space: we own slots [head, tail) and move head/cur; the
@@ -82,7 +97,12 @@ public struct NetmapRing: @unchecked Sendable {
         get { ring.pointee.cur }
         nonmutating set { ring.pointee.cur = newValue }
     }
-    public var tail: UInt32 { ring.pointee.tail }
+    /// Written by the kernel during an ioctl sync; in kernel-loop mode the kernel reports hwtail
+    /// through the CSB instead and `KernelLoopSync` copies it here.
+    public internal(set) var tail: UInt32 {
+        get { ring.pointee.tail }
+        nonmutating set { ring.pointee.tail = newValue }
+    }
 
     @inline(__always)
     public func next(_ i: UInt32) -> UInt32 { i &+ 1 == slotCount ? 0 : i &+ 1 }
@@ -113,14 +133,25 @@ public struct NetmapRing: @unchecked Sendable {
     }
 }
 
-/// The kernel's side of the rings: NIOCTXSYNC / NIOCRXSYNC on a registered descriptor, or, in
-/// tests, a model of the kernel working on the same memory. Called once per batch.
+/// The kernel's side of the rings: NIOCTXSYNC / NIOCRXSYNC on a registered descriptor, netmap's
+/// sync kernel loop (`KernelLoopSync`), or, in tests, a model of the kernel working on the same
+/// memory. Called once per batch.
 open class NetmapSync: @unchecked Sendable {
     public init() {}
     /// Sends what is before head on every TX ring; returns 0 or an errno.
     open func txsync() -> Int32 { 0 }
     /// Releases what is before head on every RX ring and reports new slots; 0 or an errno.
     open func rxsync() -> Int32 { 0 }
+    /// Refreshes the TX rings' free space (tail) without sending (a full ring, before dropping).
+    open func refreshTransmitSpace() {}
+    /// Eventfds the kernel signals when frames arrive while notifications are enabled (the
+    /// kernel loop's irqfds); an ioctl binding is polled on its descriptor instead.
+    open var notificationDescriptors: [CInt] { [] }
+    /// Before the worker sleeps: ask for notifications, then refresh the RX rings' tails so a
+    /// frame that arrived meanwhile shows.
+    open func enableNotifications() {}
+    /// After the worker woke: notifications off again while it polls.
+    open func disableNotifications() {}
 }
 
 /// The real kernel: ioctls on the descriptor that registered the port.

@@ -23,6 +23,8 @@ public struct DaemonOptions: Sendable {
     /// /dev/netmap (tests give a model of the kernel here).
     public var netmapOpener: (any NetmapPortOpening)?
     public var hostPorts: [HostPortSpec] = []
+    /// Kernel mode: how netmap ports are synced unless a port says otherwise (`sync=`).
+    public var netmapSync: NetmapSyncMode = .ioctl
     public var controlSocket: String?
     public var busyPoll = false
     /// CPU for each switch worker, in order of first appearance of the switch.
@@ -170,7 +172,7 @@ public final class Daemon: @unchecked Sendable {
     private func addEndpoint(_ spec: PortSpec) throws -> Endpoint {
         let (vale, worker): (VALESwitch, SwitchWorker)
         if usesKernel {
-            (vale, worker) = try crossConnect(spec.kernelPortName, as: spec.fullName)
+            (vale, worker) = try crossConnect(spec.kernelPortName, as: spec.fullName, sync: spec.netmapSync ?? options.netmapSync)
         } else {
             guard !spec.switchName.isEmpty else {
                 throw DaemonError.startup("\(spec.fullName): only valeX:Y names are served by the embedded switch; NICs, host rings, pipes, flags and options need the netmap kernel module (--switch kernel)")
@@ -214,7 +216,7 @@ public final class Daemon: @unchecked Sendable {
         let (vale, worker): (VALESwitch, SwitchWorker)
         if usesKernel {
             let name = try NetmapPortName.parse(spec.fullName)
-            (vale, worker) = try crossConnect(name, as: spec.fullName)
+            (vale, worker) = try crossConnect(name, as: spec.fullName, sync: options.netmapSync)
         } else {
             (vale, worker) = try switchNamed(spec.switchName)
         }
@@ -231,10 +233,10 @@ public final class Daemon: @unchecked Sendable {
     }
 
     /// Kernel mode: registers `name` on /dev/netmap and puts it on a new two-port switch.
-    private func crossConnect(_ name: NetmapPortName, as label: String) throws -> (VALESwitch, SwitchWorker) {
+    private func crossConnect(_ name: NetmapPortName, as label: String, sync: NetmapSyncMode) throws -> (VALESwitch, SwitchWorker) {
         let opened: OpenedNetmapPort
         do {
-            opened = try (options.netmapOpener ?? KernelPortOpener()).open(name)
+            opened = try (options.netmapOpener ?? KernelPortOpener()).open(name, sync: sync)
         } catch {
             throw DaemonError.startup("\(label): cannot open netmap port \(name.kernelName): \(error)")
         }
@@ -246,7 +248,7 @@ public final class Daemon: @unchecked Sendable {
         let worker = try addSwitch(vale)
         let index = try vale.lock.withLock { _ throws(SwitchError) in try vale.attach(port, named: "netmap") }
         kernelBindings.append(KernelBinding(opened: opened, index: index, vale: vale))
-        logger.info("\(label): on netmap port \(name.kernelName) (memory id \(opened.memoryID), \(opened.headerLength)-byte header)")
+        logger.info("\(label): on netmap port \(name.kernelName) (memory id \(opened.memoryID), \(opened.headerLength)-byte header, \(opened.sync == .kloop ? "synced by netmap's kernel loop" : "synced by ioctl"))")
         return (vale, worker)
     }
 
@@ -567,6 +569,8 @@ public final class Daemon: @unchecked Sendable {
         public var index: Int
         public var headerLength: Int
         public var memoryID: Int
+        /// "ioctl" or "kloop".
+        public var sync: NetmapSyncMode
         public var syncErrors: UInt64
         public var badSlots: UInt64
         public var counters: PortCounters
@@ -599,7 +603,7 @@ public final class Daemon: @unchecked Sendable {
                 }
                 let netmap = kernelBindings.filter { $0.vale === s.vale }.map { k in
                     NetmapPortReport(name: k.opened.name.text, index: k.index, headerLength: k.opened.headerLength,
-                                     memoryID: Int(k.opened.memoryID), syncErrors: k.opened.port.syncErrors,
+                                     memoryID: Int(k.opened.memoryID), sync: k.opened.sync, syncErrors: k.opened.port.syncErrors,
                                      badSlots: k.opened.port.badSlots, counters: s.vale.counters[k.index])
                 }
                 return SwitchReport(name: s.vale.name, kind: usesKernel ? "netmap-cross-connect" : "embedded",

@@ -22,6 +22,8 @@ public struct PortSpec: Sendable, Equatable {
     public var socketGroup: String?
     /// The port's netmap name, as the kernel path registers it.
     public var netmapName: NetmapPortName?
+    /// Kernel mode: how this port's netmap rings are synced (nil: the daemon's default).
+    public var netmapSync: NetmapSyncMode?
 
     public init(switchName: String, portName: String, socketPath: String?, inheritedDescriptor: Int32? = nil,
                 mode: Mode = .server, queuePairs: Int = 1, socketMode: UInt32? = nil) {
@@ -48,10 +50,10 @@ public struct PortSpec: Sendable, Equatable {
 
     public static let maxQueuePairs = 16
 
-    /// Parses `valeX:Y=/path/to.sock[,client][,queues=N][,mode=0660][,group=kvm]`.
+    /// Parses `valeX:Y=/path/to.sock[,client][,queues=N][,mode=0660][,group=kvm][,sync=ioctl|kloop]`.
     public static func parse(_ text: String) throws(ParseError) -> PortSpec {
         guard let eq = text.firstIndex(of: "=") else {
-            throw .message("'\(text)': expected SWITCH:PORT=SOCKET[,client][,queues=N][,mode=0660]")
+            throw .message("'\(text)': expected SWITCH:PORT=SOCKET[,client][,queues=N][,mode=0660][,group=G][,sync=ioctl|kloop]")
         }
         let name = String(text[..<eq])
         let rest = text[text.index(after: eq)...].split(separator: ",", omittingEmptySubsequences: false).map(String.init)
@@ -84,8 +86,13 @@ public struct PortSpec: Sendable, Equatable {
                     throw .message("'\(option)': mode must be octal, e.g. mode=0660")
                 }
                 spec.socketMode = m
+            } else if option.hasPrefix("sync=") {
+                guard let mode = NetmapSyncMode(rawValue: String(option.dropFirst(5))) else {
+                    throw .message("'\(option)': sync must be ioctl or kloop")
+                }
+                spec.netmapSync = mode
             } else {
-                throw .message("'\(option)': unknown option (client, server, queues=N, mode=OCTAL, group=NAME)")
+                throw .message("'\(option)': unknown option (client, server, queues=N, mode=OCTAL, group=NAME, sync=ioctl|kloop)")
             }
         }
         return spec

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Netmap
 import VhostNetmapBackend
 import VhostSystem
 
@@ -32,7 +33,7 @@ struct Serve: ParsableCommand {
         """
     )
 
-    @Option(name: .customLong("port"), help: "SWITCH:PORT=SOCKET[,client][,queues=N][,mode=0660] (repeatable)")
+    @Option(name: .customLong("port"), help: "SWITCH:PORT=SOCKET[,client][,queues=N][,mode=0660][,group=G][,sync=ioctl|kloop] (repeatable)")
     var ports: [String] = []
 
     @Option(name: .customLong("host-port"), help: "SWITCH:TAPNAME[,queues=N][,mtu=N] (repeatable)")
@@ -58,6 +59,9 @@ struct Serve: ParsableCommand {
 
     @Option(name: .customLong("control"), help: "Control socket for 'vhost-netmap stats' (empty to disable).")
     var control: String = "/run/vhost-netmap/control.sock"
+
+    @Option(name: .customLong("netmap-sync"), help: "Kernel mode: sync netmap rings by ioctl per batch, or through netmap's sync kernel loop (CSB + eventfds); a port's sync= overrides it.")
+    var netmapSync: NetmapSyncMode = .ioctl
 
     @Flag(name: .customLong("busy-poll"), help: "Switch workers poll without sleeping (benchmarks).")
     var busyPoll = false
@@ -105,6 +109,7 @@ struct Serve: ParsableCommand {
         options.busyPoll = busyPoll
         options.hostPorts = hostSpecs
         options.switchMode = SwitchMode(rawValue: switchMode)!
+        options.netmapSync = netmapSync
         options.workerCPUs = workerCPUs
         let daemon: Daemon
         do {
@@ -223,3 +228,5 @@ struct QemuArgs: ParsableCommand {
         """)
     }
 }
+
+extension NetmapSyncMode: ExpressibleByArgument {}

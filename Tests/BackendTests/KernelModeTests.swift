@@ -11,12 +11,15 @@ import TestSupport
 /// by the "kernel" as it is by /dev/netmap.
 final class ModelOpener: NetmapPortOpening, @unchecked Sendable {
     private let models = Mutex<[String: KernelModel]>([:])
+    /// The sync mode the daemon asked for, per port (the model syncs like ioctls either way).
+    let requestedSync = Mutex<[String: NetmapSyncMode]>([:])
 
-    func open(_ name: NetmapPortName) throws -> OpenedNetmapPort {
+    func open(_ name: NetmapPortName, sync: NetmapSyncMode) throws -> OpenedNetmapPort {
         let model = KernelModel(slots: 256)
         models.withLock { $0[name.kernelName] = model }
+        requestedSync.withLock { $0[name.kernelName] = sync }
         let port = try NetmapKernelPort(name: name.text, region: model.region, headerLength: 12, sync: model, pollDescriptor: model.readiness)
-        return OpenedNetmapPort(name: name, port: port, headerLength: 12, memoryID: 7, owner: model)
+        return OpenedNetmapPort(name: name, port: port, headerLength: 12, memoryID: 7, sync: sync, owner: model)
     }
 
     func model(_ kernelName: String) -> KernelModel? { models.withLock { $0[kernelName] } }
@@ -86,6 +89,22 @@ final class ModelOpener: NetmapPortOpening, @unchecked Sendable {
         #expect(received.count == rounds, "all \(rounds) frames reach the guest, each after a sleep")
         #expect(received == sent, "byte for byte")
         #expect((try d.port("vale0:a")["counters"] as? [String: Any])?["outPackets"] as? Int == rounds)
+    }
+
+    /// `--netmap-sync` is the default; a port's `sync=` overrides it; stats say which.
+    @Test func eachPortGetsTheSyncModeItAsksFor() throws {
+        let opener = ModelOpener()
+        let spec = try PortSpec.parse("vale0:b=/x.sock,sync=ioctl")
+        let d = try RunningDaemon(ports: ["vale0:a", "vale0:b"]) { o in
+            o.netmapOpener = opener
+            o.netmapSync = .kloop
+            o.ports[1].netmapSync = spec.netmapSync
+        }
+        defer { _ = d.stop() }
+        #expect(opener.requestedSync.withLock { $0 } == ["vale0:a": .kloop, "vale0:b": .ioctl])
+        let modes = (try d.stats()["switches"] as! [[String: Any]]).compactMap { ($0["netmapPorts"] as? [[String: Any]])?.first?["sync"] as? String }
+        #expect(modes.sorted() == ["ioctl", "kloop"])
+        #expect(throws: PortSpec.ParseError.self) { try PortSpec.parse("vale0:c=/x.sock,sync=poll") }
     }
 
     @Test func detachingAKernelPortStopsItsWorkerAndReleasesTheBinding() throws {

@@ -66,10 +66,12 @@ def flatten(stats):
         for p in sw["ports"]:
             out[("vhost", p["name"])] = p["counters"]
         for p in sw["netmapPorts"]:
-            out[("netmap", p["name"])] = dict(p["counters"], syncErrors=p["syncErrors"], badSlots=p["badSlots"])
+            out[("netmap", p["name"])] = dict(p["counters"], syncErrors=p["syncErrors"], badSlots=p["badSlots"], sync=p.get("sync"))
     return out
 
 
+# The daemon's port (and netmap port) names in netmap-guest-job.sh, by the run labels' middle part.
+PORTS = {"vale": "vale0:vu", "pipe": "netmap:pp{1", "host": "netmap:nmv0^"}
 DROPS = ("dropNoRoom", "dropNotReady", "dropOffload", "dropBadDescriptor", "dropShort", "dropSamePort")
 previous = {}
 runs = 0
@@ -83,10 +85,10 @@ for label, stats in snapshots:
     delta = {}
     for key, counters in now.items():
         before = previous.get(key, {})
-        delta[key] = {k: v - before.get(k, 0) for k, v in counters.items() if isinstance(v, int)}
+        delta[key] = {k: v - before.get(k, 0) for k, v in counters.items() if isinstance(v, int) and not isinstance(v, bool)}
     previous.update(now)
-    vhost = next((v for (kind, name), v in delta.items() if kind == "vhost" and name.startswith({"vale": "vale0:vu", "pipe": "netmap:pp{1", "host": "netmap:nmv0^"}[port])), None)
-    netmap = next((v for (kind, name), v in delta.items() if kind == "netmap" and name.startswith({"vale": "vale0:vu", "pipe": "netmap:pp{1", "host": "netmap:nmv0^"}[port])), None)
+    vhost = next((v for (kind, name), v in delta.items() if kind == "vhost" and name.startswith(PORTS[port])), None)
+    netmap = next((v for (kind, name), v in delta.items() if kind == "netmap" and name.startswith(PORTS[port])), None)
     if vhost is None or netmap is None:
         failures += 1
         print(f"FAIL {label}: no counters for its ports in {sorted(n for _, n in delta)}")
@@ -109,6 +111,8 @@ for label, stats in snapshots:
               vhost["outPackets"] + dropped, want)
         check(f"{label}: our pkt-gen received", received, vhost["outPackets"])
     check(f"{label}: netmap sync errors and bad slots", netmap.get("syncErrors", 0) + netmap.get("badSlots", 0), 0)
+    synced_by = next(v["sync"] for (kind, name), v in now.items() if kind == "netmap" and v is not None and name.startswith(PORTS[port]))
+    check(f"{label}: the port is synced by", synced_by, "kloop" if mode.startswith("kloop") else "ioctl")
     rates = [l for l in outputs.get(f"{label}-rx", []) + outputs.get(f"{label}-tx", []) if l.startswith("Speed")]
     if rates:
         print(f"   {label}: {rates[0]}")

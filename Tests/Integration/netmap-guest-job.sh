@@ -64,7 +64,7 @@ out vale /tmp/v.out
 
 # 3. The daemon in kernel mode, a vhost-user front-end (our pkt-gen) on each port, netmap's own
 #    pkt-gen (or AF_PACKET for host rings) on the other side; both directions.
-daemon_start() { # MODE ("default": no --netmap-sync option)
+daemon_start() { # MODE (ioctl or kloop; "default": no --netmap-sync option)
   rm -f /tmp/c.sock /tmp/*.sock
   syncopt=""; [ "$1" = default ] || syncopt="--netmap-sync $1"
   vhost-netmap serve --switch kernel --control /tmp/c.sock $syncopt \
@@ -95,8 +95,11 @@ from_netmap() {
   out $label-tx /tmp/$label.tx; out $label-rx /tmp/$label.rx
   stats $label
 }
+kloops() { grep -l '^kloop$' /proc/$DAEMON/task/*/comm 2>/dev/null | wc -l; }
+control() { vhost-netmap vale --switch embedded --control /tmp/c.sock "$@"; }
 for mode in ${KLOOP_MODES:-default}; do
   if daemon_start $mode; then ok "daemon ($mode) started in kernel mode"; else bad "daemon ($mode) did not start"; out daemon /tmp/daemon-$mode.log; continue; fi
+  [ $mode = kloop ] && check "kloop: one kernel loop per netmap port ($(kloops))" [ "$(kloops)" -eq 3 ]
   to_netmap $mode-vale-out /tmp/vale.sock $NM/pkt-gen -i vale0:peer -f rx -n $N
   from_netmap $mode-vale-in /tmp/vale.sock $NM/pkt-gen -i vale0:peer -f tx -n $N -R $RATE
   to_netmap $mode-pipe-out /tmp/pipe.sock $NM/pkt-gen -i "netmap:pp}1" -f rx -n $N
@@ -110,8 +113,27 @@ for mode in ${KLOOP_MODES:-default}; do
   sleep 1
   from_netmap $mode-host-in /tmp/host.sock pkt-gen -i nmv0 -f tx -n $N -R $RATE -w 0
   kill -INT $holder; wait $holder
+  if [ $mode = kloop ]; then
+    # The kernel loop stopped and started again at run time: detach and re-attach a port.
+    control -d vale0:vu > /tmp/ctl.out 2>&1
+    check "kloop: detach stops that port's kernel loop ($(kloops) left)" [ "$(kloops)" -eq 2 ]
+    control -a vale0:vu=/tmp/vale.sock,sync=kloop >> /tmp/ctl.out 2>&1
+    check "kloop: attach starts it again ($(kloops))" [ "$(kloops)" -eq 3 ]
+    out control /tmp/ctl.out
+    to_netmap kloop_reattach-vale-out /tmp/vale.sock $NM/pkt-gen -i vale0:peer -f rx -n $N
+    from_netmap kloop_reattach-vale-in /tmp/vale.sock $NM/pkt-gen -i vale0:peer -f tx -n $N -R $RATE
+  fi
   kill -TERM $DAEMON; wait $DAEMON
   out daemon-$mode /tmp/daemon-$mode.log
+  if [ $mode = kloop ]; then
+    check "kloop: the daemon's exit leaves no kernel loop behind" [ "$(kloops)" -eq 0 ]
+    # A restarted daemon binds the same ports and starts their loops again.
+    daemon_start kloop || bad "daemon (kloop) did not restart"
+    to_netmap kloop_restart-vale-out /tmp/vale.sock $NM/pkt-gen -i vale0:peer -f rx -n $N
+    from_netmap kloop_restart-vale-in /tmp/vale.sock $NM/pkt-gen -i vale0:peer -f tx -n $N -R $RATE
+    kill -TERM $DAEMON; wait $DAEMON
+    out daemon-kloop-restart /tmp/daemon-kloop.log
+  fi
 done
 
 # 4. The Swift suite that needs /dev/netmap.

@@ -46,7 +46,7 @@ done | sort -u | while read -r lib; do
 done
 cp -L /lib64/ld-linux-x86-64.so.2 "$STAGE/lib64/"
 cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$STAGE/lib/x86_64-linux-gnu/" 2>/dev/null
-{ echo "#!/bin/sh"; echo "N=$N RATE=$RATE NETMAP_PARAMS='buf_num=32768' KLOOP_MODES='${KLOOP_MODES:-default}'"; cat "${JOB:-$ROOT/Tests/Integration/netmap-guest-job.sh}"; } > "$STAGE/vn-script"
+{ echo "#!/bin/sh"; echo "N=$N RATE=$RATE NETMAP_PARAMS='buf_num=32768' KLOOP_MODES='${KLOOP_MODES:-default kloop}'"; cat "${JOB:-$ROOT/Tests/Integration/netmap-guest-job.sh}"; } > "$STAGE/vn-script"
 chmod 755 "$STAGE/vn-script"
 (cd "$STAGE" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1) > "$WORK/overlay.cpio.gz"
 cat "$IMAGE/initramfs.cpio.gz" "$WORK/overlay.cpio.gz" > "$WORK/initramfs.cpio.gz"

@@ -237,6 +237,40 @@ struct vnm_layout_entry { const char *name; uint64_t value; };
 /// The table (sizes, offsets, constants); `*count` gets its length.
 const struct vnm_layout_entry *vnm_layout(int *count, int kind /* 0 sizes, 1 offsets, 2 constants */);
 
+// The application's side of the CSB protocol of netmap's sync kernel loop (netmap.h's
+// nm_sync_kloop_appl_write/read), with the ordering it prescribes: the kernel must never see a
+// head newer than cur, nor the application a hwcur newer than hwtail; and each side enables its
+// peer's notifications, then re-checks (store, full fence, load), so no wake-up is lost.
+
+/// Publishes cur, then head, after every write to the ring's slots and buffers.
+static inline void vnm_csb_appl_write(struct vnm_csb_atok *atok, uint32_t cur, uint32_t head) {
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    __atomic_store_n(&atok->cur, cur, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    __atomic_store_n(&atok->head, head, __ATOMIC_RELAXED);
+}
+
+/// Reads hwtail, then hwcur, before any read of the slots they expose.
+static inline void vnm_csb_appl_read(const struct vnm_csb_ktoa *ktoa, uint32_t *hwtail, uint32_t *hwcur) {
+    *hwtail = __atomic_load_n(&ktoa->hwtail, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    *hwcur = __atomic_load_n(&ktoa->hwcur, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+}
+
+/// After a publish: whether the kernel loop sleeps and wants a kick on its ioeventfd.
+static inline uint32_t vnm_csb_kernel_wants_kick(const struct vnm_csb_ktoa *ktoa) {
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return __atomic_load_n(&ktoa->kern_need_kick, __ATOMIC_RELAXED);
+}
+
+/// Asks the kernel loop for (1) or against (0) a signal on the ring's irqfd; enabling is
+/// followed by a full fence, so the caller's re-check of hwtail cannot pass it.
+static inline void vnm_csb_set_appl_need_kick(struct vnm_csb_atok *atok, uint32_t value) {
+    __atomic_store_n(&atok->appl_need_kick, value, __ATOMIC_RELAXED);
+    if (value) __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
 /// ioctl(fd, NIOCCTRL, hdr); returns 0 or -errno.
 int vnm_ctrl(int fd, struct vnm_req_header *hdr);
 /// ioctl(fd, NIOCTXSYNC / NIOCRXSYNC); returns 0 or -errno.
