@@ -228,7 +228,7 @@ public final class NetmapRegistration: @unchecked Sendable {
     public let syncMode: NetmapSyncMode
     /// The kernel loop, once `makePort` started it (kloop mode); stopped before the descriptor
     /// closes.
-    public private(set) var kernelLoop: KernelLoopSync?
+    public private(set) var kernelLoop: KernelLoop?
 
     /// REGISTER `name` with its mode and flags (ACCEPT_VNET_HDR always, NO_TX_POLL: we sync TX
     /// ourselves; EXCLUSIVE for the kernel loop, whose CSB mode requires it), set a
@@ -288,9 +288,9 @@ public final class NetmapRegistration: @unchecked Sendable {
                                         sync: KernelSync(fd: descriptor.rawValue), pollDescriptor: descriptor.rawValue)
         case .kloop:
             precondition(kernelLoop == nil, "one port per registration")
-            let loop = try KernelLoopSync(name: name.kernelName, fd: descriptor.rawValue, region: region)
+            let loop = try KernelLoop(name: name.kernelName, fd: descriptor.rawValue, region: region)
             kernelLoop = loop
-            return try NetmapKernelPort(name: name.text, region: region, headerLength: headerLength, sync: loop, pollDescriptor: -1)
+            return try NetmapKernelPort(name: name.text, region: region, headerLength: headerLength, sync: loop.sync, pollDescriptor: -1)
         }
     }
 }
