@@ -330,15 +330,19 @@ public struct OpenedNetmapPort {
     public let headerLength: Int
     public let memoryID: UInt16
     public let sync: NetmapSyncMode
+    /// The kernel loop syncing the port (kloop mode), for its state.
+    public let kernelLoop: KernelLoop?
     /// What keeps the binding alive (the registration: descriptor, mapping, kernel loop).
     public let owner: AnyObject
 
-    public init(name: NetmapPortName, port: NetmapKernelPort, headerLength: Int, memoryID: UInt16, sync: NetmapSyncMode = .ioctl, owner: AnyObject) {
+    public init(name: NetmapPortName, port: NetmapKernelPort, headerLength: Int, memoryID: UInt16, sync: NetmapSyncMode = .ioctl,
+                kernelLoop: KernelLoop? = nil, owner: AnyObject) {
         self.name = name
         self.port = port
         self.headerLength = headerLength
         self.memoryID = memoryID
         self.sync = sync
+        self.kernelLoop = kernelLoop
         self.owner = owner
     }
 }
@@ -354,6 +358,6 @@ public struct KernelPortOpener: NetmapPortOpening {
     public func open(_ name: NetmapPortName, sync: NetmapSyncMode) throws -> OpenedNetmapPort {
         let registration = try NetmapRegistration(name, sync: sync)
         return OpenedNetmapPort(name: name, port: try registration.makePort(), headerLength: registration.headerLength,
-                                memoryID: registration.memoryID, sync: sync, owner: registration)
+                                memoryID: registration.memoryID, sync: sync, kernelLoop: registration.kernelLoop, owner: registration)
     }
 }

@@ -530,11 +530,13 @@ public final class Daemon: @unchecked Sendable {
             return "no port \(name)"
         }
         if let vale, let k = kernelBindings.firstIndex(where: { $0.vale === vale }) {
-            kernelBindings.remove(at: k)
             if let w = switches.firstIndex(where: { $0.vale === vale }) {
                 switches[w].worker.stop()
                 switches.remove(at: w)
             }
+            // Only now: the binding's registration unmaps the rings (and stops the kernel loop)
+            // that its worker was reading.
+            kernelBindings.remove(at: k)
         } else if let vale, let w = switches.first(where: { $0.vale === vale }) {
             w.worker.poke()
         }
@@ -571,6 +573,8 @@ public final class Daemon: @unchecked Sendable {
         public var memoryID: Int
         /// "ioctl" or "kloop".
         public var sync: NetmapSyncMode
+        /// kloop: "running", or how netmap's kernel loop ended ("ended: <errno>").
+        public var kernelLoop: String?
         public var syncErrors: UInt64
         public var badSlots: UInt64
         public var counters: PortCounters
@@ -603,7 +607,9 @@ public final class Daemon: @unchecked Sendable {
                 }
                 let netmap = kernelBindings.filter { $0.vale === s.vale }.map { k in
                     NetmapPortReport(name: k.opened.name.text, index: k.index, headerLength: k.opened.headerLength,
-                                     memoryID: Int(k.opened.memoryID), sync: k.opened.sync, syncErrors: k.opened.port.syncErrors,
+                                     memoryID: Int(k.opened.memoryID), sync: k.opened.sync,
+                                     kernelLoop: k.opened.kernelLoop.map { loop in loop.ended.map { "ended: \(Errno(rawValue: $0))" } ?? "running" },
+                                     syncErrors: k.opened.port.syncErrors,
                                      badSlots: k.opened.port.badSlots, counters: s.vale.counters[k.index])
                 }
                 return SwitchReport(name: s.vale.name, kind: usesKernel ? "netmap-cross-connect" : "embedded",

@@ -66,7 +66,7 @@ def flatten(stats):
         for p in sw["ports"]:
             out[("vhost", p["name"])] = p["counters"]
         for p in sw["netmapPorts"]:
-            out[("netmap", p["name"])] = dict(p["counters"], syncErrors=p["syncErrors"], badSlots=p["badSlots"], sync=p.get("sync"))
+            out[("netmap", p["name"])] = dict(p["counters"], syncErrors=p["syncErrors"], badSlots=p["badSlots"], sync=p.get("sync"), kernelLoop=p.get("kernelLoop"))
     return out
 
 
@@ -113,6 +113,8 @@ for label, stats in snapshots:
     check(f"{label}: netmap sync errors and bad slots", netmap.get("syncErrors", 0) + netmap.get("badSlots", 0), 0)
     synced_by = next(v["sync"] for (kind, name), v in now.items() if kind == "netmap" and v is not None and name.startswith(PORTS[port]))
     check(f"{label}: the port is synced by", synced_by, "kloop" if mode.startswith("kloop") else "ioctl")
+    loop_state = next(v["kernelLoop"] for (kind, name), v in now.items() if kind == "netmap" and name.startswith(PORTS[port]))
+    check(f"{label}: netmap's kernel loop", loop_state, "running" if mode.startswith("kloop") else None)
     rates = [l for l in outputs.get(f"{label}-rx", []) + outputs.get(f"{label}-tx", []) if l.startswith("Speed")]
     if rates:
         print(f"   {label}: {rates[0]}")
