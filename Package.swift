@@ -40,7 +40,10 @@ let package = Package(
             "CVhostShim",
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
-        .target(name: "URing", dependencies: ["CURing"]),
+        .target(name: "URing", dependencies: [
+            "CURing", "CVhostShim",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         .target(name: "VhostUser", dependencies: [
             "VhostSystem",
             .product(name: "SystemPackage", package: "swift-system"),

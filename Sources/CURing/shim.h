@@ -35,26 +35,6 @@ static inline void cur_prep_recvmsg(struct io_uring_sqe *sqe, int fd, struct cur
     io_uring_prep_recvmsg(sqe, fd, &slot->msg, MSG_CMSG_CLOEXEC);
 }
 
-/// After a recvmsg completion: copies up to `maxfds` SCM_RIGHTS descriptors to `fds`, closes
-/// the rest (counted in *dropped), and reports control-data truncation. Returns the count stored.
-static inline int cur_take_fds(struct cur_recv_slot *slot, int *fds, int maxfds, int *dropped, int *truncated) {
-    int stored = 0;
-    *dropped = 0;
-    *truncated = (slot->msg.msg_flags & MSG_CTRUNC) != 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&slot->msg); c != NULL; c = CMSG_NXTHDR(&slot->msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-        int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-        int *p = (int *)CMSG_DATA(c);
-        for (int i = 0; i < n; i++) {
-            int fd;
-            memcpy(&fd, p + i, sizeof(int));
-            if (stored < maxfds) fds[stored++] = fd;
-            else { close(fd); (*dropped)++; }
-        }
-    }
-    return stored;
-}
-
 static inline void cur_prep_multishot_accept(struct io_uring_sqe *sqe, int fd) {
     io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 }

@@ -18,28 +18,32 @@ const int CVH_SFD_NONBLOCK = SFD_NONBLOCK;
 const unsigned int CVH_MFD_CLOEXEC = MFD_CLOEXEC;
 const unsigned int CVH_MFD_ALLOW_SEALING = MFD_ALLOW_SEALING;
 
-int cvh_eventfd(unsigned int initval, int flags) { return eventfd(initval, flags); }
-int cvh_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
-int cvh_signalfd(int fd, const sigset_t *mask, int flags) { return signalfd(fd, mask, flags); }
+// Every function here returns what the call returns on success and -errno on failure (the
+// convention of the kernel and liburing), so Swift never reads errno after a C call.
+#define CVH_RESULT(call) ({ __typeof__(call) r_ = (call); r_ < 0 ? -(__typeof__(r_))errno : r_; })
+
+int cvh_eventfd(unsigned int initval, int flags) { return CVH_RESULT(eventfd(initval, flags)); }
+int cvh_memfd_create(const char *name, unsigned int flags) { return CVH_RESULT(memfd_create(name, flags)); }
+int cvh_signalfd(int fd, const sigset_t *mask, int flags) { return CVH_RESULT(signalfd(fd, mask, flags)); }
 
 int cvh_block_signals(const int *signals, int count) {
     sigset_t set;
     sigemptyset(&set);
     for (int i = 0; i < count; i++) sigaddset(&set, signals[i]);
-    return pthread_sigmask(SIG_BLOCK, &set, NULL);
+    return -pthread_sigmask(SIG_BLOCK, &set, NULL);  // pthread calls return the error number
 }
 
-int cvh_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }
+int cvh_set_thread_name(const char *name) { return -pthread_setname_np(pthread_self(), name); }
 
 int cvh_accept_nonblocking(int listener) {
-    return accept4(listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    return CVH_RESULT(accept4(listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK));
 }
 
 int cvh_pin_thread(int cpu) {
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(cpu, &set);
-    return pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+    return -pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 }
 
 // vhost-user carries at most 8 fds per message; room for more lets us see (and close) surplus ones.
@@ -64,28 +68,35 @@ ssize_t cvh_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds,
     do {
         n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
     } while (n < 0 && errno == EINTR);
-    if (n < 0) return n;
-    if (msg.msg_flags & MSG_CTRUNC) *truncated = 1;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+    if (n < 0) return -errno;
+    *nfds = cvh_take_rights(&msg, fds, maxfds, dropped, truncated);
+    return n;
+}
+
+int cvh_take_rights(struct msghdr *msg, int *fds, int maxfds, int *dropped, int *truncated) {
+    int stored = 0;
+    *dropped = 0;
+    *truncated = (msg->msg_flags & MSG_CTRUNC) != 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c != NULL; c = CMSG_NXTHDR(msg, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
         size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        int *data = (int *)CMSG_DATA(c);
+        const unsigned char *data = CMSG_DATA(c);
         for (size_t i = 0; i < count; i++) {
             int fd;
-            memcpy(&fd, data + i, sizeof(fd));
-            if (*nfds < maxfds) {
-                fds[(*nfds)++] = fd;
+            memcpy(&fd, data + i * sizeof(int), sizeof(fd));
+            if (stored < maxfds) {
+                fds[stored++] = fd;
             } else {
                 close(fd);
                 (*dropped)++;
             }
         }
     }
-    return n;
+    return stored;
 }
 
 ssize_t cvh_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds) {
-    if (nfds < 0 || nfds > CVH_CMSG_FDS) { errno = EINVAL; return -1; }
+    if (nfds < 0 || nfds > CVH_CMSG_FDS) return -EINVAL;
     union {
         char buf[CMSG_SPACE(sizeof(int) * CVH_CMSG_FDS)];
         struct cmsghdr align;
@@ -108,12 +119,12 @@ ssize_t cvh_send_with_fds(int sock, const void *buf, size_t len, const int *fds,
     do {
         n = sendmsg(sock, &msg, MSG_NOSIGNAL);
     } while (n < 0 && errno == EINTR);
-    return n;
+    return n < 0 ? -errno : n;
 }
 
 int cvh_sockaddr_un(struct sockaddr_un *addr, const char *path) {
     size_t len = strlen(path);
-    if (len == 0 || len >= sizeof(addr->sun_path)) return -1;
+    if (len == 0 || len >= sizeof(addr->sun_path)) return -ENAMETOOLONG;
     memset(addr, 0, sizeof(*addr));
     addr->sun_family = AF_UNIX;
     memcpy(addr->sun_path, path, len + 1);
@@ -242,19 +253,21 @@ const unsigned CVH_TP_STATUS_SEND_REQUEST = TP_STATUS_SEND_REQUEST;
 const unsigned CVH_TP_STATUS_AVAILABLE = TP_STATUS_AVAILABLE;
 const unsigned CVH_TP_STATUS_WRONG_FORMAT = TP_STATUS_WRONG_FORMAT;
 
-void *cvh_packet_rings(int fd, unsigned frame_size, unsigned frames) {
+int cvh_packet_rings(int fd, unsigned frame_size, unsigned frames, void **rings) {
     int version = TPACKET_V2;
-    if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &version, sizeof(version)) < 0) return NULL;
+    if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &version, sizeof(version)) < 0) return -errno;
     struct tpacket_req req;
     req.tp_block_size = frame_size * 16;
     req.tp_block_nr = frames / 16;
     req.tp_frame_size = frame_size;
     req.tp_frame_nr = (frames / 16) * 16;
-    if (setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof(req)) < 0) return NULL;
-    if (setsockopt(fd, SOL_PACKET, PACKET_TX_RING, &req, sizeof(req)) < 0) return NULL;
+    if (setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof(req)) < 0) return -errno;
+    if (setsockopt(fd, SOL_PACKET, PACKET_TX_RING, &req, sizeof(req)) < 0) return -errno;
     size_t size = (size_t)req.tp_block_size * req.tp_block_nr * 2;
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    return p == MAP_FAILED ? NULL : p;
+    if (p == MAP_FAILED) return -errno;
+    *rings = p;
+    return 0;
 }
 
 unsigned cvh_tpacket2_data_offset(void) { return TPACKET2_HDRLEN - sizeof(struct sockaddr_ll); }

@@ -194,8 +194,10 @@ public final class PacketMMapPort: PacketPort {
         } catch {
             throw PortError(description: "\(interface): AF_PACKET socket: \(error)")
         }
-        guard let p = cvh_packet_rings(socket.rawValue, UInt32(Self.frameSize), UInt32(Self.frames)) else {
-            throw PortError(description: "\(interface): PACKET_MMAP rings: \(Errno(rawValue: errno))")
+        var mapped: UnsafeMutableRawPointer?
+        let rc = cvh_packet_rings(socket.rawValue, UInt32(Self.frameSize), UInt32(Self.frames), &mapped)
+        guard rc == 0, let p = mapped else {
+            throw PortError(description: "\(interface): PACKET_MMAP rings: \(Errno(rawValue: -rc))")
         }
         rings = p
         dataOffset = Int(cvh_tpacket2_data_offset())

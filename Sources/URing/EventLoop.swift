@@ -1,4 +1,5 @@
 import Glibc
+import SystemPackage
 
 /// The control plane's event loop on io_uring. Sockets are accepted with multishot accept,
 /// vhost-user messages and their descriptors arrive through recvmsg completions, signalfd and
@@ -23,16 +24,16 @@ public final class EventLoop {
         /// More descriptors arrived than the receiver allows (the surplus was closed), or the
         /// kernel cut the control data.
         public let descriptorsTruncated: Bool
-        /// A receive error (errno), or nil.
-        public let error: Int32?
+        /// A receive error, or nil.
+        public let error: Errno?
         public var endOfStream: Bool { error == nil && bytes.isEmpty }
     }
 
     private enum Registration {
         case readable(fd: CInt, handler: (Int32) -> Next)
-        case accept(fd: CInt, handler: (Int32) -> Next)
+        case accept(fd: CInt, handler: (Result<CInt, Errno>) -> Next)
         case messages(fd: CInt, slot: ReceiveSlot, maxDescriptors: Int, handler: (Received) -> ReceiveNext)
-        case reads(fd: CInt, buffer: UnsafeMutableRawBufferPointer, handler: (UnsafeRawBufferPointer, Int32?) -> Next)
+        case reads(fd: CInt, buffer: UnsafeMutableRawBufferPointer, handler: (UnsafeRawBufferPointer, Errno?) -> Next)
         case timer(handler: () -> Void)
     }
 
@@ -47,7 +48,7 @@ public final class EventLoop {
     /// completed): cancelling it from its own handler needs no kernel cancel.
     private var completedToken: UInt64?
 
-    public init(entries: UInt32 = 256) throws(URingError) {
+    public init(entries: UInt32 = 256) throws(Errno) {
         ring = try IOURing(entries: entries)
     }
 
@@ -85,9 +86,9 @@ public final class EventLoop {
     }
 
     /// Accepts connections on listening socket `fd` (multishot accept): `handler` gets each new
-    /// descriptor (close-on-exec, non-blocking; the handler owns it) or -errno.
+    /// descriptor (close-on-exec, non-blocking; the handler owns it) or the error.
     @discardableResult
-    public func acceptConnections(on fd: CInt, _ handler: @escaping (Int32) -> Next) -> Token {
+    public func acceptConnections(on fd: CInt, _ handler: @escaping (Result<CInt, Errno>) -> Next) -> Token {
         let token = register(.accept(fd: fd, handler: handler))
         ring.acceptMultishot(fd: fd, userData: token)
         return Token(rawValue: token)
@@ -107,7 +108,7 @@ public final class EventLoop {
     /// Reads `length` bytes at a time from `fd` (a signalfd, an eventfd, a short request) while
     /// the handler answers `.keepWatching`. The handler gets the bytes read, or an errno.
     @discardableResult
-    public func readRepeatedly(_ fd: CInt, length: Int, _ handler: @escaping (UnsafeRawBufferPointer, Int32?) -> Next) -> Token {
+    public func readRepeatedly(_ fd: CInt, length: Int, _ handler: @escaping (UnsafeRawBufferPointer, Errno?) -> Next) -> Token {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: length, alignment: 8)
         let token = register(.reads(fd: fd, buffer: buffer, handler: handler))
         ring.read(fd: fd, into: buffer.baseAddress!, length: length, userData: token)
@@ -182,7 +183,7 @@ public final class EventLoop {
                 finish(token)
             }
         case .accept(let fd, let handler):
-            let next = handler(c.result)
+            let next = handler(c.result >= 0 ? .success(c.result) : .failure(Errno(rawValue: -c.result)))
             if next == .stop || registrations[token] == nil {
                 if c.more { cancel(Token(rawValue: token)) } else { finish(token) }
             } else if !c.more {
@@ -193,7 +194,7 @@ public final class EventLoop {
             let received: Received
             if c.result < 0 {
                 received = Received(bytes: UnsafeRawBufferPointer(start: nil, count: 0), descriptors: [],
-                                    descriptorsTruncated: false, error: -c.result)
+                                    descriptorsTruncated: false, error: Errno(rawValue: -c.result))
             } else {
                 let fds = slot.takeDescriptors(max: maxDescriptors)
                 received = Received(bytes: slot.bytes(count: Int(c.result)), descriptors: fds.received,
@@ -209,7 +210,7 @@ public final class EventLoop {
             let next: Next
             if c.result < 0 {
                 if c.result == -ECANCELED { finish(token); return }
-                next = handler(UnsafeRawBufferPointer(start: buffer.baseAddress, count: 0), -c.result)
+                next = handler(UnsafeRawBufferPointer(start: buffer.baseAddress, count: 0), Errno(rawValue: -c.result))
             } else {
                 next = handler(UnsafeRawBufferPointer(start: buffer.baseAddress, count: Int(c.result)), nil)
             }

@@ -1,12 +1,7 @@
 internal import CURing
+internal import CVhostShim
 import Glibc
-
-/// An io_uring call failed with this errno (the module stays free of swift-system: its C
-/// module declares the kernel's io_uring structs, which clash with liburing's copies).
-public struct URingError: Error, CustomStringConvertible {
-    public let errno: Int32
-    public var description: String { "io_uring: \(String(cString: strerror(errno))) (errno \(errno))" }
-}
+import SystemPackage
 
 /// An io_uring instance (liburing). Owned by one thread; not thread-safe.
 public final class IOURing {
@@ -14,13 +9,13 @@ public final class IOURing {
     private var cqeBuffer: UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>
     private let cqeBatch = 64
 
-    public init(entries: UInt32 = 256) throws(URingError) {
+    public init(entries: UInt32 = 256) throws(Errno) {
         ring = .allocate(capacity: 1)
         ring.initialize(to: io_uring())
         let rc = io_uring_queue_init(entries, ring, 0)
         if rc < 0 {
             ring.deallocate()
-            throw URingError(errno: -rc)
+            throw Errno(rawValue: -rc)
         }
         cqeBuffer = .allocate(capacity: cqeBatch)
         cqeBuffer.initialize(repeating: nil, count: cqeBatch)
@@ -115,23 +110,23 @@ public final class IOURing {
 
     /// Registers `buffers` as fixed buffers (pinned once; reads and writes then skip the
     /// per-call page mapping). Index i of the array is `bufferIndex` i.
-    public func registerBuffers(_ buffers: [UnsafeMutableRawBufferPointer]) throws(URingError) {
+    public func registerBuffers(_ buffers: [UnsafeMutableRawBufferPointer]) throws(Errno) {
         var iovecs = buffers.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
         let rc = io_uring_register_buffers(ring, &iovecs, UInt32(iovecs.count))
-        if rc < 0 { throw URingError(errno: -rc) }
+        if rc < 0 { throw Errno(rawValue: -rc) }
     }
 
     /// Registers `descriptors` as fixed files (no file reference counting per operation);
     /// operations then name them by index with `fixedFile: true`.
-    public func registerFiles(_ descriptors: [CInt]) throws(URingError) {
+    public func registerFiles(_ descriptors: [CInt]) throws(Errno) {
         let rc = io_uring_register_files(ring, descriptors, UInt32(descriptors.count))
-        if rc < 0 { throw URingError(errno: -rc) }
+        if rc < 0 { throw Errno(rawValue: -rc) }
     }
 
     /// Signals `eventFD` whenever a completion is posted, so another ring (or poll) can sleep on it.
-    public func registerEventFD(_ eventFD: CInt) throws(URingError) {
+    public func registerEventFD(_ eventFD: CInt) throws(Errno) {
         let rc = io_uring_register_eventfd(ring, eventFD)
-        if rc < 0 { throw URingError(errno: -rc) }
+        if rc < 0 { throw Errno(rawValue: -rc) }
     }
 
     /// Reads into fixed buffer `bufferIndex` (`fd` is a registered file index if `fixedFile`).
@@ -228,7 +223,7 @@ public final class ReceiveSlot {
         var fds = [CInt](repeating: -1, count: max)
         var dropped: CInt = 0
         var truncated: CInt = 0
-        let n = fds.withUnsafeMutableBufferPointer { cur_take_fds(raw, $0.baseAddress, CInt(max), &dropped, &truncated) }
+        let n = fds.withUnsafeMutableBufferPointer { cvh_take_rights(&raw.pointee.msg, $0.baseAddress, CInt(max), &dropped, &truncated) }
         return Descriptors(received: Array(fds[0..<Int(n)]), dropped: Int(dropped), truncated: truncated != 0)
     }
 }

@@ -28,7 +28,7 @@ final class Connection {
     func consume(_ received: EventLoop.Received) -> Outcome {
         let descriptors = received.descriptors.map { OwnedDescriptor(adopting: $0) }
         if let error = received.error {
-            return .closed("receive failed: \(String(cString: strerror(error)))")
+            return .closed("receive failed: \(error)")
         }
         if received.endOfStream { return .closed("front-end closed the connection") }
         if received.descriptorsTruncated { return .closed("protocol error: \(ProtocolError.descriptorsTruncated)") }

@@ -197,7 +197,7 @@ public final class Daemon: @unchecked Sendable {
                     if let group = spec.socketGroup {
                         guard let entry = getgrnam(group) else { throw DaemonError.startup("unknown group '\(group)'") }
                         guard chown(path, uid_t.max, entry.pointee.gr_gid) == 0 else {
-                            throw DaemonError.startup("chown \(path) to group \(group): \(String(cString: strerror(errno)))")
+                            throw DaemonError.startup("chown \(path) to group \(group): \(Errno(rawValue: errno))")
                         }
                     }
                 } catch {
@@ -305,14 +305,14 @@ public final class Daemon: @unchecked Sendable {
         for s in [SIGTERM, SIGINT, SIGUSR1, SIGHUP] { sigaddset(&set, s) }
         let fd = cvh_signalfd(-1, &set, CVH_SFD_CLOEXEC | CVH_SFD_NONBLOCK)
         guard fd >= 0 else {
-            logger.error("signalfd failed (errno \(errno)); SIGTERM will not stop the daemon cleanly")
+            logger.error("signalfd failed (\(Errno(rawValue: -fd))); SIGTERM will not stop the daemon cleanly")
             return
         }
         let owned = OwnedDescriptor(adopting: fd)
         signalDescriptor = owned
         loop.readRepeatedly(fd, length: MemoryLayout<signalfd_siginfo>.size) { [unowned self] bytes, error in
             guard error == nil, bytes.count == MemoryLayout<signalfd_siginfo>.size else {
-                logger.error("reading signalfd failed (\(error.map { String(cString: strerror($0)) } ?? "short read"))")
+                logger.error("reading signalfd failed (\(error.map { "\($0)" } ?? "short read"))")
                 return .stop
             }
             let info = bytes.loadUnaligned(as: signalfd_siginfo.self)
@@ -341,11 +341,15 @@ public final class Daemon: @unchecked Sendable {
     @discardableResult
     private func acceptConnections(on listener: CInt, what: String, _ body: @escaping (OwnedDescriptor) -> Void) -> EventLoop.Token {
         loop.acceptConnections(on: listener) { [unowned self] result in
-            if result >= 0 {
-                body(OwnedDescriptor(adopting: result))
+            let error: Errno
+            switch result {
+            case .success(let fd):
+                body(OwnedDescriptor(adopting: fd))
                 return .keepWatching
+            case .failure(let e):
+                error = e
             }
-            logger.warning("\(what): accept failed: \(String(cString: strerror(-result))); retrying in 100 ms")
+            logger.warning("\(what): accept failed: \(error); retrying in 100 ms")
             loop.after(nanoseconds: 100_000_000) { [unowned self] in _ = acceptConnections(on: listener, what: what, body) }
             return .stop
         }

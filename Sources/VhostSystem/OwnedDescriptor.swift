@@ -22,9 +22,17 @@ public final class OwnedDescriptor: @unchecked Sendable {
 /// Thin wrappers over the syscalls the back-end uses, in swift-system's style: typed `Errno`,
 /// EINTR retried where that is the only sensible answer.
 public enum Posix {
+    /// A libc call's result: -1 with errno set on failure.
     @inline(__always)
     static func check(_ result: CInt) throws(Errno) -> CInt {
         if result < 0 { throw Errno(rawValue: errno) }
+        return result
+    }
+
+    /// A shim's result (CVhostShim, the TAP and netmap shims): -errno on failure.
+    @inline(__always)
+    public static func checkShim(_ result: CInt) throws(Errno) -> CInt {
+        if result < 0 { throw Errno(rawValue: -result) }
         return result
     }
 
@@ -48,7 +56,8 @@ public enum Posix {
 
     /// Blocks the given signals in the calling thread (and the threads it starts later).
     public static func blockSignals(_ signals: [CInt]) {
-        signals.withUnsafeBufferPointer { _ = cvh_block_signals($0.baseAddress, CInt($0.count)) }
+        let rc = signals.withUnsafeBufferPointer { cvh_block_signals($0.baseAddress, CInt($0.count)) }
+        assert(rc == 0, "pthread_sigmask: \(Errno(rawValue: -rc))")
     }
 
     public static func setThreadName(_ name: String) {
@@ -63,14 +72,18 @@ public enum Posix {
 public enum EventFD {
     /// A non-blocking, close-on-exec eventfd.
     public static func make(initialValue: UInt32 = 0) throws(Errno) -> OwnedDescriptor {
-        OwnedDescriptor(adopting: try Posix.check(cvh_eventfd(initialValue, CVH_EFD_CLOEXEC | CVH_EFD_NONBLOCK)))
+        OwnedDescriptor(adopting: try Posix.checkShim(cvh_eventfd(initialValue, CVH_EFD_CLOEXEC | CVH_EFD_NONBLOCK)))
     }
 
-    /// Adds one to the counter. A full counter (EAGAIN) already means "signalled".
+    /// Adds one to the counter. A full counter (EAGAIN) already means "signalled". Every
+    /// eventfd we signal is ours or was checked to be an eventfd when a front-end handed it
+    /// over (and is kept open while in use), so EBADF or EINVAL is a bug here: it stops debug
+    /// builds, and release builds carry on (a lost wake-up, not a crash in the data path).
     @inline(__always)
     public static func signal(_ fd: CInt) {
         var one: UInt64 = 1
-        _ = withUnsafeBytes(of: &one) { Glibc.write(fd, $0.baseAddress, 8) }
+        let written = withUnsafeBytes(of: &one) { Glibc.write(fd, $0.baseAddress, 8) }
+        assert(written == 8 || errno == EAGAIN, "EventFD.signal(\(fd)): \(Errno(rawValue: errno)) (a closed or foreign descriptor)")
     }
 
     /// Reads and clears the counter; returns 0 when it was not signalled (or is not an eventfd).
@@ -84,7 +97,7 @@ public enum EventFD {
 
 public enum MemFD {
     public static func make(name: String, size: Int) throws(Errno) -> OwnedDescriptor {
-        let fd = OwnedDescriptor(adopting: try Posix.check(cvh_memfd_create(name, CVH_MFD_CLOEXEC)))
+        let fd = OwnedDescriptor(adopting: try Posix.checkShim(cvh_memfd_create(name, CVH_MFD_CLOEXEC)))
         _ = try Posix.check(ftruncate(fd.rawValue, off_t(size)))
         return fd
     }

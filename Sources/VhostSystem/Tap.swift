@@ -28,9 +28,7 @@ public enum Tap {
     public static func open(name: String, queues: Int) throws(Errno) -> [OwnedDescriptor] {
         var fds: [OwnedDescriptor] = []
         for _ in 0..<queues {
-            let rc = cvh_tap_open(name, queues > 1 ? 1 : 0)
-            if rc < 0 { throw Errno(rawValue: -rc) }
-            fds.append(OwnedDescriptor(adopting: rc))
+            fds.append(OwnedDescriptor(adopting: try Posix.checkShim(cvh_tap_open(name, queues > 1 ? 1 : 0))))
         }
         return fds
     }
@@ -38,29 +36,23 @@ public enum Tap {
     public static func exists(_ name: String) -> Bool { cvh_if_exists(name) == 1 }
 
     public static func setHeaderSize(_ fd: CInt, _ size: Int) throws(Errno) {
-        let rc = cvh_tap_set_vnet_header_size(fd, CInt(size))
-        if rc < 0 { throw Errno(rawValue: -rc) }
+        _ = try Posix.checkShim(cvh_tap_set_vnet_header_size(fd, CInt(size)))
     }
 
     public static func setOffloads(_ fd: CInt, _ offloads: TapOffloads) throws(Errno) {
-        let rc = cvh_tap_set_offload(fd, offloads.rawValue)
-        if rc < 0 { throw Errno(rawValue: -rc) }
+        _ = try Posix.checkShim(cvh_tap_set_offload(fd, offloads.rawValue))
     }
 
     public static func setMTU(_ name: String, _ mtu: Int) throws(Errno) {
-        let rc = cvh_if_set_mtu(name, CInt(mtu))
-        if rc < 0 { throw Errno(rawValue: -rc) }
+        _ = try Posix.checkShim(cvh_if_set_mtu(name, CInt(mtu)))
     }
 
     public static func mtu(_ name: String) throws(Errno) -> Int {
-        let rc = cvh_if_get_mtu(name)
-        if rc < 0 { throw Errno(rawValue: -rc) }
-        return Int(rc)
+        Int(try Posix.checkShim(cvh_if_get_mtu(name)))
     }
 
     public static func setUp(_ name: String, _ up: Bool = true) throws(Errno) {
-        let rc = cvh_if_set_up(name, up ? 1 : 0)
-        if rc < 0 { throw Errno(rawValue: -rc) }
+        _ = try Posix.checkShim(cvh_if_set_up(name, up ? 1 : 0))
     }
 }
 
@@ -69,8 +61,6 @@ public enum PacketSocket {
     /// With `virtioNetHeader`, each frame read or written carries a 10-byte virtio-net header
     /// (PACKET_VNET_HDR), so segmentation offloads stay whole.
     public static func open(interface: String, virtioNetHeader: Bool) throws(Errno) -> OwnedDescriptor {
-        let rc = cvh_packet_socket(interface, virtioNetHeader ? 1 : 0)
-        if rc < 0 { throw Errno(rawValue: -rc) }
-        return OwnedDescriptor(adopting: rc)
+        OwnedDescriptor(adopting: try Posix.checkShim(cvh_packet_socket(interface, virtioNetHeader ? 1 : 0)))
     }
 }

@@ -8,8 +8,7 @@ public enum UnixSocket {
     public static func listen(path: String, backlog: CInt = 16, mode: mode_t? = nil) throws(Errno) -> OwnedDescriptor {
         let fd = OwnedDescriptor(adopting: try Posix.check(socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0)))
         var addr = sockaddr_un()
-        let len = cvh_sockaddr_un(&addr, path)
-        guard len > 0 else { throw Errno.fileNameTooLong }
+        let len = try Posix.checkShim(cvh_sockaddr_un(&addr, path))
         // A stale socket file from an earlier run would make bind fail; only a socket is removed.
         var st = stat()
         if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
@@ -25,8 +24,8 @@ public enum UnixSocket {
     public static func accept(_ listener: CInt) throws(Errno) -> OwnedDescriptor? {
         let fd = cvh_accept_nonblocking(listener)
         if fd < 0 {
-            if errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED { return nil }
-            throw Errno(rawValue: errno)
+            if [EAGAIN, EWOULDBLOCK, EINTR, ECONNABORTED].contains(-fd) { return nil }
+            throw Errno(rawValue: -fd)
         }
         return OwnedDescriptor(adopting: fd)
     }
@@ -35,8 +34,7 @@ public enum UnixSocket {
     public static func connect(path: String, nonBlocking: Bool = true) throws(Errno) -> OwnedDescriptor {
         let fd = OwnedDescriptor(adopting: try Posix.check(socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)))
         var addr = sockaddr_un()
-        let len = cvh_sockaddr_un(&addr, path)
-        guard len > 0 else { throw Errno.fileNameTooLong }
+        let len = try Posix.checkShim(cvh_sockaddr_un(&addr, path))
         var rc: CInt
         repeat {
             rc = withUnsafePointer(to: &addr) {
@@ -73,8 +71,8 @@ public enum UnixSocket {
             cvh_recv_with_fds(fd, buffer.baseAddress, buffer.count, $0.baseAddress, limit, &nfds, &dropped, &truncated)
         }
         if n < 0 {
-            if errno == EAGAIN || errno == EWOULDBLOCK { return nil }
-            throw Errno(rawValue: errno)
+            if n == -Int(EAGAIN) || n == -Int(EWOULDBLOCK) { return nil }
+            throw Errno(rawValue: CInt(-n))
         }
         let owned = (0..<Int(nfds)).map { OwnedDescriptor(adopting: fds[$0]) }
         return Received(byteCount: n, descriptors: owned, droppedDescriptors: Int(dropped), controlTruncated: truncated != 0)
@@ -92,13 +90,13 @@ public enum UnixSocket {
             }
             if n < 0 {
                 // A peer that stops reading must not stall the control thread: wait briefly, then give up.
-                if (errno == EAGAIN || errno == EWOULDBLOCK) && stalls < 3 {
+                if (n == -Int(EAGAIN) || n == -Int(EWOULDBLOCK)) && stalls < 3 {
                     stalls += 1
                     var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
                     _ = poll(&pfd, 1, 100)
                     continue
                 }
-                throw Errno(rawValue: errno)
+                throw Errno(rawValue: CInt(-n))
             }
             first = false
             offset += n

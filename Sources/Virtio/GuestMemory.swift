@@ -24,7 +24,7 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
     case addressOverflow(Int)
     case overlapping(Int, Int)
     case beyondFileEnd(region: Int, needed: UInt64, fileSize: UInt64)
-    case notMappable(region: Int, errno: Int32)
+    case notMappable(region: Int, errno: Errno)
 
     public var description: String {
         switch self {
@@ -35,7 +35,7 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
         case .addressOverflow(let i): "region \(i): address + size overflows 64 bits"
         case .overlapping(let a, let b): "regions \(a) and \(b) overlap"
         case .beyondFileEnd(let i, let needed, let size): "region \(i): needs \(needed) bytes of its file, which has \(size)"
-        case .notMappable(let i, let e): "region \(i): mmap failed (errno \(e))"
+        case .notMappable(let i, let e): "region \(i): mmap failed (\(e))"
         }
     }
 }
@@ -94,7 +94,7 @@ public final class GuestMemory: @unchecked Sendable {
                     size: s.size, host: m.base + Int(s.mmapOffset)))
             } catch {
                 table.deallocate()
-                throw .notMappable(region: i, errno: error.rawValue)
+                throw .notMappable(region: i, errno: error)
             }
         }
         regions = table

@@ -31,14 +31,13 @@ struct Vale: ParsableCommand {
     @Option(name: .customShort("P"), help: "Polling off (kernel).") var pollingOff: String?
     @Flag(name: .customShort("l"), help: "List ports.") var list = false
     @Argument(help: "For -l: a switch or port to list.") var listName: String?
-    @Option(name: .customLong("switch"), help: "auto, kernel or embedded.") var switchMode: String = "auto"
+    @Option(name: .customLong("switch"), help: "auto, kernel or embedded.") var switchMode: SwitchMode = .auto
     @Option(name: .customLong("control"), help: "The daemon's control socket (embedded switch).")
     var control: String = "/run/vhost-netmap/control.sock"
 
     func run() throws {
-        guard let mode = SwitchMode(rawValue: switchMode) else { throw ValidationError("--switch must be auto, kernel or embedded") }
         let kernel: Bool
-        switch mode {
+        switch switchMode {
         case .kernel: kernel = true
         case .embedded: kernel = false
         case .auto: kernel = NetmapAvailability.probe().isAvailable

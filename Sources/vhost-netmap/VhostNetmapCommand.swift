@@ -55,7 +55,7 @@ struct Serve: ParsableCommand {
     var printCapabilities = false
 
     @Option(name: .customLong("switch"), help: "auto (the netmap kernel module when /dev/netmap is usable), kernel, or embedded.")
-    var switchMode: String = "auto"
+    var switchMode: SwitchMode = .auto
 
     @Option(name: .customLong("control"), help: "Control socket for 'vhost-netmap stats' (empty to disable).")
     var control: String = "/run/vhost-netmap/control.sock"
@@ -77,7 +77,6 @@ struct Serve: ParsableCommand {
         if !printCapabilities && ports.isEmpty && hostPorts.isEmpty && socketPath == nil && fd == nil {
             throw ValidationError("give at least one --port or --host-port (or --socket-path / --fd)")
         }
-        if SwitchMode(rawValue: switchMode) == nil { throw ValidationError("--switch must be auto, kernel or embedded") }
         if !(1...PortSpec.maxQueuePairs).contains(queues) { throw ValidationError("--queues must be 1...\(PortSpec.maxQueuePairs)") }
     }
 
@@ -108,7 +107,7 @@ struct Serve: ParsableCommand {
         var options = DaemonOptions(ports: specs, controlSocket: control.isEmpty ? nil : control)
         options.busyPoll = busyPoll
         options.hostPorts = hostSpecs
-        options.switchMode = SwitchMode(rawValue: switchMode)!
+        options.switchMode = switchMode
         options.netmapSync = netmapSync
         options.workerCPUs = workerCPUs
         let daemon: Daemon
@@ -230,3 +229,4 @@ struct QemuArgs: ParsableCommand {
 }
 
 extension NetmapSyncMode: ExpressibleByArgument {}
+extension SwitchMode: ExpressibleByArgument {}

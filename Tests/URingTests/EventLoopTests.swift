@@ -56,8 +56,8 @@ import VhostSystem
         let listener = try UnixSocket.listen(path: path)
         defer { unlink(path) }
         var accepted: [OwnedDescriptor] = []
-        loop.acceptConnections(on: listener.rawValue) { fd in
-            if fd >= 0 { accepted.append(OwnedDescriptor(adopting: fd)) }
+        loop.acceptConnections(on: listener.rawValue) { result in
+            if case .success(let fd) = result { accepted.append(OwnedDescriptor(adopting: fd)) }
             return .keepWatching
         }
         let clients = try (0..<5).map { _ in try UnixSocket.connect(path: path) }

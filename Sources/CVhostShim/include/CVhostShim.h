@@ -1,6 +1,8 @@
 #ifndef CVHOSTSHIM_H
 #define CVHOSTSHIM_H
 // What Glibc's Swift overlay does not export: CMSG macros, eventfd/memfd/signalfd, ioctl numbers.
+// One convention: a function returns its result (a descriptor, a count, 0) on success and -errno
+// on failure; Swift wrappers (VhostSystem) turn that into a thrown Errno.
 #include <stddef.h>
 #include <stdint.h>
 #include <signal.h>
@@ -26,15 +28,20 @@ extern const unsigned int CVH_MFD_CLOEXEC;
 extern const unsigned int CVH_MFD_ALLOW_SEALING;
 
 /// Receives up to `len` bytes and up to `maxfds` SCM_RIGHTS descriptors (MSG_CMSG_CLOEXEC).
-/// Returns bytes received (0 on EOF) or -1 with errno. `*nfds` gets the count of descriptors
+/// Returns bytes received (0 on EOF) or -errno. `*nfds` gets the count of descriptors
 /// stored in `fds`; descriptors beyond `maxfds` are closed and counted in `*dropped`.
 /// `*truncated` is set when the kernel truncated the control data (MSG_CTRUNC).
 ssize_t cvh_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds,
                           int *nfds, int *dropped, int *truncated);
-/// Sends `len` bytes with `nfds` descriptors attached as SCM_RIGHTS.
+/// The one parser of received control data: takes a received message's SCM_RIGHTS descriptors,
+/// up to `maxfds` into `fds` (returns how many), closes the rest (counted in `*dropped`), and
+/// sets `*truncated` when the kernel cut the control data (MSG_CTRUNC). Used by
+/// cvh_recv_with_fds and by io_uring receive completions.
+int cvh_take_rights(struct msghdr *msg, int *fds, int maxfds, int *dropped, int *truncated);
+/// Sends `len` bytes with `nfds` descriptors attached as SCM_RIGHTS; returns bytes sent or -errno.
 ssize_t cvh_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
 
-/// Fills a sockaddr_un; returns its length or -1 if the path does not fit.
+/// Fills a sockaddr_un; returns its length or -ENAMETOOLONG if the path does not fit.
 int cvh_sockaddr_un(struct sockaddr_un *addr, const char *path);
 
 // TAP devices (<linux/if_tun.h>) and interface settings: ioctls whose numbers and structs
@@ -66,8 +73,8 @@ int cvh_packet_socket(const char *name, int vnet_hdr);
 int cvh_tap_open_plain(const char *name);
 
 /// PACKET_MMAP (TPACKET_V2) rings on packet socket `fd`: `frames` frames of `frame_size` bytes
-/// for RX and as many for TX, mapped together (RX first). Returns the mapping or NULL (errno set).
-void *cvh_packet_rings(int fd, unsigned frame_size, unsigned frames);
+/// for RX and as many for TX, mapped together (RX first) at `*rings`. Returns 0 or -errno.
+int cvh_packet_rings(int fd, unsigned frame_size, unsigned frames, void **rings);
 /// Offset of the frame data in a TX ring frame, and the tpacket2_hdr fields we use.
 unsigned cvh_tpacket2_data_offset(void);
 unsigned cvh_tpacket2_status(const void *frame);
