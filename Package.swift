@@ -8,18 +8,21 @@ import PackageDescription
 //   VhostUser             the vhost-user wire protocol: framing, payload codecs, feature bits
 //   Virtio                guest memory, split virtqueues (device side), descriptor chains, virtio-net header
 //   VALESwitch            the embedded VALE-compatible learning switch and its port abstraction
-//   CNetmap / Netmap      the netmap user ABI (declared once, in C) and netmap kernel ports: names, rings, control
-//   HostPort              TAP host ports: the switch ↔ host network stack, I/O on io_uring fixed buffers
-//   VhostNetmapBackend    vhost-user devices as switch ports, the daemon, its threads and control socket
+//   CNetmap / Netmap      the netmap user ABI (declared once, in C): names, ring views, control requests, syncs
+//   DataPath              every switch port (virtio device, netmap kernel port, TAP host port on io_uring
+//                         fixed buffers) and the switch worker thread that runs them
+//   VhostNetmapBackend    the control plane: vhost-user devices, the daemon, its control socket
 //   vhost-netmap          the command line
 //   PacketGenerator / pkt-gen   netmap pkt-gen's options and output over netmap, AF_PACKET, TAP, vhost-user
-// The data-path modules skip Swift's dynamic exclusivity checks: their rings and ports are used by
-// one switch worker thread under the switch lock, and the checks cost ~40% of a 64-byte packet's
-// time (measured with perf; see docs/architecture.md). Cross-module optimisation lets small helpers
-// (headers, segment cursors, ring indices) inline across the Virtio → switch → port boundaries.
+// The three data-path modules (Virtio, VALESwitch, DataPath) skip Swift's dynamic exclusivity
+// checks: their rings and ports are used by one switch worker thread under the switch lock, and the
+// checks cost ~40% of a 64-byte packet's time (measured with perf; see docs/architecture.md).
+// Control code keeps them. Cross-module optimisation lets small helpers (headers, segment cursors,
+// ring indices, netmap ring views) inline across the Virtio → switch → port boundaries.
 let datapathSettings: [SwiftSetting] = [
     .unsafeFlags(["-enforce-exclusivity=unchecked", "-cross-module-optimization"]),
 ]
+let inlinableSettings: [SwiftSetting] = [.unsafeFlags(["-cross-module-optimization"])]
 
 let package = Package(
     name: "vhost-netmap",
@@ -55,18 +58,18 @@ let package = Package(
         .target(name: "VALESwitch", dependencies: ["Virtio"], swiftSettings: datapathSettings),
         .target(name: "CNetmap"),
         .target(name: "Netmap", dependencies: [
-            "CNetmap", "VALESwitch", "Virtio", "VhostSystem",
+            "CNetmap", "VhostSystem",
             .product(name: "SystemPackage", package: "swift-system"),
-        ], swiftSettings: datapathSettings),
-        .target(name: "HostPort", dependencies: [
-            "VALESwitch", "Virtio", "URing", "VhostSystem",
+        ], swiftSettings: inlinableSettings),
+        .target(name: "DataPath", dependencies: [
+            "VALESwitch", "Virtio", "Netmap", "URing", "VhostSystem",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ], swiftSettings: datapathSettings),
         .target(name: "VhostNetmapBackend", dependencies: [
-            "VhostUser", "Virtio", "VALESwitch", "URing", "VhostSystem", "HostPort", "Netmap",
+            "VhostUser", "Virtio", "VALESwitch", "URing", "VhostSystem", "DataPath", "Netmap",
             .product(name: "Logging", package: "swift-log"),
-        ], swiftSettings: datapathSettings),
+        ]),
         .executableTarget(name: "vhost-netmap", dependencies: [
             "VhostNetmapBackend", "Netmap",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -80,12 +83,12 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["Netmap", "CNetmap", "VhostSystem"], path: "Tests/TestSupport"),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "VhostSystem", "TestSupport"]),
         .testTarget(name: "PacketGeneratorTests", dependencies: ["PacketGenerator"]),
-        .testTarget(name: "NetmapTests", dependencies: ["Netmap", "CNetmap", "VALESwitch", "Virtio", "VhostSystem", "TestSupport"]),
+        .testTarget(name: "NetmapTests", dependencies: ["Netmap", "CNetmap", "DataPath", "VALESwitch", "Virtio", "VhostSystem", "TestSupport"]),
         .testTarget(name: "URingTests", dependencies: ["URing", "VhostSystem"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VhostSystem", "TestSupport"]),
         .testTarget(name: "VALESwitchTests", dependencies: ["VALESwitch", "Virtio", "VhostSystem"]),
         .testTarget(name: "BackendTests", dependencies: [
-            "VhostNetmapBackend", "VhostUser", "Virtio", "VALESwitch", "VhostSystem", "TestSupport", "HostPort", "Netmap",
+            "VhostNetmapBackend", "VhostUser", "Virtio", "VALESwitch", "VhostSystem", "TestSupport", "DataPath", "Netmap",
             .product(name: "Logging", package: "swift-log"),
         ]),
     ],

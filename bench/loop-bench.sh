@@ -10,8 +10,10 @@
 #   ovs-dpdk      OVS-DPDK (openvswitch-switch-dpdk, installed here if missing; BENCH_OVS=0 skips it):
 #                 two dpdkvhostuser ports, flows 1->2 and 2->1, PMD on CPU 0, on 2 MiB hugepages
 #                 that this script mounts and gives back at exit
+#   baseline      with BENCH_BASELINE=/path/to/an/older/vhost-netmap: that binary, as vhost-netmap
+#                 (a change's before and after, interleaved in one run)
 # The front-end's forwarding lcore is on CPU 1. Prints per-round Mpps (sum of both ports' RX),
-# Gbit/s, the medians and the ratio vhost-netmap / dpdk-vhost for each frame size.
+# Gbit/s, the medians and the ratio vhost-netmap / dpdk-vhost (and / baseline) for each frame size.
 # usage: bench/loop-bench.sh [SECONDS=15] [ROUNDS=3] [SIZES="64 1518"]
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -54,13 +56,15 @@ frontend() {
   awk -v s="$SECS" '/NIC statistics for port/{p=1} p && /RX-packets:/{t+=$2; p=0} END {printf "%.3f\n", t/s/1e6}' "$log"
 }
 
-run_vhost_netmap() { # SIZE
+BASELINE=${BENCH_BASELINE:-}
+[ -z "$BASELINE" ] || [ -x "$BASELINE" ] || { echo "BENCH_BASELINE=$BASELINE is not an executable"; exit 1; }
+run_vhost_netmap() { # SIZE [BINARY]
   rm -f "$W"/a.sock "$W"/b.sock
-  "$BIN" serve --busy-poll --worker-cpu 0 --control "" --log-level warning \
+  "${2:-$BIN}" serve --busy-poll --worker-cpu 0 --control "" --log-level warning \
     --port "vale0:a=$W/a.sock" --port "vale0:b=$W/b.sock" > "$W/daemon.log" 2>&1 &
   DP=$!
   for _ in $(seq 100); do [ -S "$W/b.sock" ] && break; sleep 0.05; done
-  frontend "$W/a.sock" "$W/b.sock" "$1" "vn-$1"
+  frontend "$W/a.sock" "$W/b.sock" "$1" "vn-$1${2:+-baseline}"
   kill -INT $DP; wait $DP 2>/dev/null; DP=
 }
 
@@ -113,7 +117,7 @@ gbps() { awk -v m="$1" -v s="$2" 'BEGIN {printf "%.2f", m * 1e6 * s * 8 / 1e9}';
 
 echo "vhost-netmap loop benchmark: ${SECS}s rounds x $ROUNDS, sizes: $SIZES ($(date -u +%FT%TZ), $(nproc) CPUs)"
 for size in $SIZES; do
-  : > "$W/vn-$size.r"; : > "$W/dv-$size.r"; : > "$W/ovs-$size.r"
+  : > "$W/vn-$size.r"; : > "$W/dv-$size.r"; : > "$W/ovs-$size.r"; : > "$W/base-$size.r"
   for r in $(seq "$ROUNDS"); do
     wait_quiet
     a=$(run_vhost_netmap "$size"); echo "$a" >> "$W/vn-$size.r"
@@ -121,10 +125,16 @@ for size in $SIZES; do
     b=$(run_dpdk_vhost "$size"); echo "$b" >> "$W/dv-$size.r"
     c=n/a
     if [ "$OVS" = 1 ]; then wait_quiet; c=$(run_ovs "$size"); echo "$c" >> "$W/ovs-$size.r"; fi
-    echo "  ${size}B round $r: vhost-netmap $a Mpps | dpdk-vhost $b Mpps | ovs-dpdk $c Mpps"
+    d=n/a
+    if [ -n "$BASELINE" ]; then wait_quiet; d=$(run_vhost_netmap "$size" "$BASELINE"); echo "$d" >> "$W/base-$size.r"; fi
+    echo "  ${size}B round $r: vhost-netmap $a Mpps | dpdk-vhost $b Mpps | ovs-dpdk $c Mpps | baseline $d Mpps"
   done
   ma=$(median < "$W/vn-$size.r"); mb=$(median < "$W/dv-$size.r")
   ratio=$(awk -v a="$ma" -v b="$mb" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}')
   mc=n/a; [ "$OVS" = 1 ] && mc=$(median < "$W/ovs-$size.r")
-  echo "${size}B median: vhost-netmap $ma Mpps ($(gbps "$ma" "$size") Gbit/s) | dpdk-vhost $mb Mpps ($(gbps "$mb" "$size") Gbit/s) | ovs-dpdk $mc Mpps | ratio vhost-netmap/dpdk-vhost $ratio"
+  md=n/a; rd=n/a
+  if [ -n "$BASELINE" ]; then
+    md=$(median < "$W/base-$size.r"); rd=$(awk -v a="$ma" -v b="$md" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}')
+  fi
+  echo "${size}B median: vhost-netmap $ma Mpps ($(gbps "$ma" "$size") Gbit/s) | dpdk-vhost $mb Mpps ($(gbps "$mb" "$size") Gbit/s) | ovs-dpdk $mc Mpps | ratio vhost-netmap/dpdk-vhost $ratio | baseline $md Mpps, ratio vhost-netmap/baseline $rd"
 done

@@ -224,9 +224,9 @@ public final class NetmapRegistration: @unchecked Sendable {
     public let headerLength: Int
     public let memoryID: UInt16
 
-    /// How `makePort` syncs the rings.
+    /// How the rings are synced (`makeSync`).
     public let syncMode: NetmapSyncMode
-    /// The kernel loop, once `makePort` started it (kloop mode); stopped before the descriptor
+    /// The kernel loop, once `makeSync` started it (kloop mode); stopped before the descriptor
     /// closes.
     public private(set) var kernelLoop: KernelLoop?
 
@@ -279,18 +279,18 @@ public final class NetmapRegistration: @unchecked Sendable {
 
     deinit { kernelLoop?.stop() }
 
-    /// The switch port on this registration: synced by ioctls and woken by polls of the
-    /// descriptor, or synced through a kernel loop started here and woken by its irqfds.
-    public func makePort() throws -> NetmapKernelPort {
+    /// How the rings of this registration are synced, and the descriptor a sleeping worker
+    /// polls (-1: none, the sync's notification eventfds wake it): ioctls on the registration's
+    /// descriptor, or a kernel loop started here.
+    public func makeSync() throws -> (sync: NetmapSync, pollDescriptor: CInt) {
         switch syncMode {
         case .ioctl:
-            return try NetmapKernelPort(name: name.text, region: region, headerLength: headerLength,
-                                        sync: KernelSync(fd: descriptor.rawValue), pollDescriptor: descriptor.rawValue)
+            return (KernelSync(fd: descriptor.rawValue), descriptor.rawValue)
         case .kloop:
-            precondition(kernelLoop == nil, "one port per registration")
+            precondition(kernelLoop == nil, "one kernel loop per registration")
             let loop = try KernelLoop(name: name.kernelName, fd: descriptor.rawValue, region: region)
             kernelLoop = loop
-            return try NetmapKernelPort(name: name.text, region: region, headerLength: headerLength, sync: loop.sync, pollDescriptor: -1)
+            return (loop.sync, -1)
         }
     }
 }
@@ -320,44 +320,5 @@ public enum NetmapAvailability: Equatable, Sendable {
             }
             return .failed(error.description)
         }
-    }
-}
-
-/// A netmap port opened for the daemon's kernel mode.
-public struct OpenedNetmapPort {
-    public let name: NetmapPortName
-    public let port: NetmapKernelPort
-    public let headerLength: Int
-    public let memoryID: UInt16
-    public let sync: NetmapSyncMode
-    /// The kernel loop syncing the port (kloop mode), for its state.
-    public let kernelLoop: KernelLoop?
-    /// What keeps the binding alive (the registration: descriptor, mapping, kernel loop).
-    public let owner: AnyObject
-
-    public init(name: NetmapPortName, port: NetmapKernelPort, headerLength: Int, memoryID: UInt16, sync: NetmapSyncMode = .ioctl,
-                kernelLoop: KernelLoop? = nil, owner: AnyObject) {
-        self.name = name
-        self.port = port
-        self.headerLength = headerLength
-        self.memoryID = memoryID
-        self.sync = sync
-        self.kernelLoop = kernelLoop
-        self.owner = owner
-    }
-}
-
-/// How kernel mode opens netmap ports: through /dev/netmap (`KernelPortOpener`), or, in tests,
-/// through a model of the kernel.
-public protocol NetmapPortOpening: Sendable {
-    func open(_ name: NetmapPortName, sync: NetmapSyncMode) throws -> OpenedNetmapPort
-}
-
-public struct KernelPortOpener: NetmapPortOpening {
-    public init() {}
-    public func open(_ name: NetmapPortName, sync: NetmapSyncMode) throws -> OpenedNetmapPort {
-        let registration = try NetmapRegistration(name, sync: sync)
-        return OpenedNetmapPort(name: name, port: try registration.makePort(), headerLength: registration.headerLength,
-                                memoryID: registration.memoryID, sync: sync, kernelLoop: registration.kernelLoop, owner: registration)
     }
 }

@@ -89,6 +89,8 @@ public struct NetmapRing: @unchecked Sendable {
     public static let maxFragments = Int(VNM_MAX_FRAGS)
 
     public var slotCount: UInt32 { ring.pointee.num_slots }
+    /// The ring's index among its port's rings of its direction.
+    public var ringID: UInt16 { ring.pointee.ringid }
     public var head: UInt32 {
         get { ring.pointee.head }
         nonmutating set { ring.pointee.head = newValue }

@@ -1,3 +1,4 @@
+import DataPath
 import Glibc
 import Logging
 import VALESwitch

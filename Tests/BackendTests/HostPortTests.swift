@@ -1,5 +1,5 @@
 import Glibc
-import HostPort
+import DataPath
 import Testing
 import VALESwitch
 @testable import VhostNetmapBackend

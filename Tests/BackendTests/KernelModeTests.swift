@@ -1,3 +1,4 @@
+import DataPath
 import Foundation
 import Glibc
 import Netmap

@@ -1,3 +1,4 @@
+import DataPath
 import Netmap
 import Testing
 import TestSupport

@@ -1,5 +1,5 @@
 import Testing
-@testable import VhostNetmapBackend
+@testable import DataPath
 
 /// The worker's wake-up tokens: one encoding, and a decoding that gives back the same source.
 @Suite struct WakeSourceEncoding {

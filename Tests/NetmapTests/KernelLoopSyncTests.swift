@@ -1,3 +1,4 @@
+import DataPath
 import CNetmap
 import Netmap
 import Testing

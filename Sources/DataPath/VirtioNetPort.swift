@@ -24,11 +24,11 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     /// Running rings, in fixed storage (reading an array property would retain its buffer per packet).
     private let readyTXStorage: UnsafeMutablePointer<QueueRef>
     private let readyRXStorage: UnsafeMutablePointer<QueueRef>
-    private(set) var readyTXCount = 0
-    private(set) var readyRXCount = 0
+    package private(set) var readyTXCount = 0
+    package private(set) var readyRXCount = 0
 
     /// Sets the running rings (control thread, switch lock held).
-    func setReady(tx: [SplitQueue], rx: [SplitQueue]) {
+    package func setReady(tx: [SplitQueue], rx: [SplitQueue]) {
         for (i, q) in tx.enumerated() { readyTXStorage[i] = QueueRef(queue: .passUnretained(q)) }
         for (i, q) in rx.enumerated() { readyRXStorage[i] = QueueRef(queue: .passUnretained(q)) }
         readyTXCount = tx.count
@@ -36,13 +36,15 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     }
 
     private var readyTX: UnsafeBufferPointer<QueueRef> { UnsafeBufferPointer(start: readyTXStorage, count: readyTXCount) }
-    var callDescriptors: [CInt]
-    var errorDescriptors: [CInt]
-    var kickDescriptors: [CInt]
-    var polledTX = false
-    var features: VirtioFeatures = []
-    var headerLength = 12
-    var mergeable = false
+    // Configured by VhostNetDevice (control thread, switch lock held): `package`, the control
+    // plane's view of the data path.
+    package var callDescriptors: [CInt]
+    package var errorDescriptors: [CInt]
+    package var kickDescriptors: [CInt]
+    package var polledTX = false
+    package var features: VirtioFeatures = []
+    package var headerLength = 12
+    package var mergeable = false
 
     private let txSegments = SegmentList(capacity: SplitQueue.maxSegmentsPerChain)
     private let rxSegments = SegmentList(capacity: SplitQueue.maxSegmentsPerChain)
@@ -52,7 +54,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     private var txCursor = 0
     let onBroken: (SplitQueue) -> Void
 
-    init(queueCount: Int, onBroken: @escaping (SplitQueue) -> Void) {
+    package init(queueCount: Int, onBroken: @escaping (SplitQueue) -> Void) {
         queues = (0..<queueCount).map { SplitQueue(index: $0) }
         callDescriptors = Array(repeating: -1, count: queueCount)
         errorDescriptors = Array(repeating: -1, count: queueCount)
@@ -147,7 +149,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     }
 
     /// A RARP frame announcing `mac` (SEND_RARP, after a migration), flooded like any broadcast.
-    var pendingAnnouncement: [UInt8]?
+    package var pendingAnnouncement: [UInt8]?
     private let announcementBuffer = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 8)
 
     private func sendAnnouncement(_ mac: [UInt8], into vale: VALESwitch, as portIndex: Int) {

@@ -1,3 +1,4 @@
+import Netmap
 import VALESwitch
 import Virtio
 
@@ -75,7 +76,7 @@ public final class NetmapKernelPort: SwitchPort, @unchecked Sendable {
             return 0
         }
         var moved = 0
-        let queuePair = Int(ring.ring.pointee.ringid)
+        let queuePair = Int(ring.ringID)
         while head != tail && moved < budget {
             // Gather one frame: slots with MOREFRAG, then the last one.
             segments.count = 0

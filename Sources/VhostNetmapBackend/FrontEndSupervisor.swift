@@ -1,0 +1,223 @@
+import Foundation
+import Glibc
+import Logging
+import SystemPackage
+import URing
+import VALESwitch
+import VhostSystem
+import VhostUser
+
+/// The vhost-user side of each device: its listening socket (server mode), its connection
+/// attempts with back-off (client mode) or its inherited connection; it accepts, attaches and
+/// drops front-ends and feeds their messages to the device. Runs on the control thread's event
+/// loop. It also owns every socket file the daemon creates, and removes them at the end.
+final class FrontEndSupervisor {
+    final class Endpoint {
+        let spec: PortSpec
+        let device: VhostNetDevice
+        let vale: VALESwitch
+        var listener: OwnedDescriptor?
+        var listenerWatch: EventLoop.Token?
+        var connection: Connection?
+        var connectionWatch: EventLoop.Token?
+        var reconnectTimer: EventLoop.Token?
+        var backoff: UInt64 = 0
+        var connects = 0
+        var removed = false
+        init(spec: PortSpec, device: VhostNetDevice, vale: VALESwitch) {
+            self.spec = spec
+            self.device = device
+            self.vale = vale
+        }
+    }
+
+    private let loop: EventLoop
+    private let logger: Logger
+    private let reconnectInitial: UInt64
+    private let reconnectMax: UInt64
+    private(set) var endpoints: [Endpoint] = []
+    private var createdSocketPaths: [String] = []
+    private var running = false
+    /// After each message from a front-end and each disconnect (host offloads follow the guests).
+    var deviceChanged: (Endpoint) -> Void = { _ in }
+    /// When an inherited connection closes (the daemon then stops).
+    var inheritedConnectionClosed: () -> Void = {}
+
+    init(loop: EventLoop, logger: Logger, options: DaemonOptions) {
+        self.loop = loop
+        self.logger = logger
+        reconnectInitial = options.reconnectInitialNanoseconds
+        reconnectMax = options.reconnectMaxNanoseconds
+    }
+
+    func endpoint(named name: String) -> Endpoint? { endpoints.first { $0.spec.fullName == name } }
+
+    /// Serves `device` as `spec` says: in server mode its socket listens from now on (connections
+    /// are accepted once `startAll` ran).
+    func add(_ spec: PortSpec, device: VhostNetDevice, vale: VALESwitch) throws -> Endpoint {
+        let e = Endpoint(spec: spec, device: device, vale: vale)
+        if spec.mode == .server {
+            if let fd = spec.inheritedDescriptor {
+                guard fcntl(fd, F_GETFD) >= 0 else { throw DaemonError.startup("--fd \(fd) is not an open descriptor") }
+            } else {
+                guard let path = spec.socketPath else { throw DaemonError.startup("\(spec.fullName): no socket path") }
+                do {
+                    e.listener = try listen(path: path, mode: spec.socketMode.map { mode_t($0) })
+                    if let group = spec.socketGroup {
+                        guard let entry = getgrnam(group) else { throw DaemonError.startup("unknown group '\(group)'") }
+                        guard chown(path, uid_t.max, entry.pointee.gr_gid) == 0 else {
+                            throw DaemonError.startup("chown \(path) to group \(group): \(Errno(rawValue: errno))")
+                        }
+                    }
+                } catch {
+                    throw DaemonError.startup("cannot listen on \(path) for \(spec.fullName): \(error)")
+                }
+            }
+        }
+        endpoints.append(e)
+        if running { start(e) }
+        return e
+    }
+
+    /// Stops serving endpoint `name`: its watches and timers cancelled, its connection dropped,
+    /// its socket file removed. Returns it (its device is the caller's to detach).
+    func remove(named name: String) -> Endpoint? {
+        guard let i = endpoints.firstIndex(where: { $0.spec.fullName == name }) else { return nil }
+        let e = endpoints.remove(at: i)
+        e.removed = true
+        for token in [e.listenerWatch, e.connectionWatch, e.reconnectTimer].compactMap({ $0 }) { loop.cancel(token) }
+        e.connection = nil
+        if e.listener != nil, let path = e.spec.socketPath {
+            unlink(path)
+            createdSocketPaths.removeAll { $0 == path }
+        }
+        e.listener = nil
+        return e
+    }
+
+    /// A listening socket at `path` (its directory created), removed again by `removeSocketFiles`.
+    func listen(path: String, mode: mode_t?) throws -> OwnedDescriptor {
+        try makeParentDirectory(path)
+        let socket = try UnixSocket.listen(path: path, mode: mode)
+        createdSocketPaths.append(path)
+        return socket
+    }
+
+    func startAll() {
+        running = true
+        for e in endpoints { start(e) }
+    }
+
+    /// Devices reset (rings published as the guest expects) and connections dropped.
+    func resetAll() {
+        for e in endpoints {
+            e.device.reset(reason: "shutdown")
+            e.connection = nil
+        }
+    }
+
+    func removeSocketFiles() {
+        for path in createdSocketPaths { unlink(path) }
+    }
+
+    // MARK: Front-end connections
+
+    /// Starts serving an endpoint: its inherited connection, its listener, or its connection attempts.
+    private func start(_ e: Endpoint) {
+        if let fd = e.spec.inheritedDescriptor {
+            attach(OwnedDescriptor(adopting: fd), to: e)
+        } else if let l = e.listener {
+            logger.info("\(e.spec.fullName): listening on \(e.spec.socketPath!) (\(e.spec.queuePairs) queue pair(s))")
+            e.listenerWatch = loop.acceptRepeatedly(on: l.rawValue, what: e.spec.fullName, logger: logger) { [unowned self] in acceptFrontEnd($0, for: e) }
+        } else {
+            connect(e)
+        }
+    }
+
+    private func acceptFrontEnd(_ socket: OwnedDescriptor, for e: Endpoint) {
+        if e.connection != nil {
+            logger.warning("\(e.spec.fullName): refused a second front-end while one is connected")
+            return
+        }
+        attach(socket, to: e)
+    }
+
+    private func connect(_ e: Endpoint) {
+        guard let path = e.spec.socketPath, !e.removed else { return }
+        do {
+            let socket = try UnixSocket.connect(path: path)
+            e.backoff = 0
+            attach(socket, to: e)
+        } catch {
+            e.backoff = e.backoff == 0 ? reconnectInitial : min(e.backoff * 2, reconnectMax)
+            if e.connects == 0 || e.backoff == reconnectMax {
+                logger.info("\(e.spec.fullName): connecting to \(path) failed (\(error)); retrying in \(e.backoff / 1_000_000) ms")
+            }
+            e.reconnectTimer = loop.after(nanoseconds: e.backoff) { [unowned self] in connect(e) }
+        }
+    }
+
+    private func attach(_ socket: OwnedDescriptor, to e: Endpoint) {
+        try? Posix.setNonBlocking(socket.rawValue)
+        let c = Connection(socket: socket, device: e.device, logger: logger)
+        e.connection = c
+        e.connects += 1
+        logger.info("\(e.spec.fullName): front-end connected")
+        e.connectionWatch = loop.receiveMessages(on: socket.rawValue, capacity: MessageHeader.byteCount + MessageFraming.maxPayload,
+                                                 maxDescriptors: MemoryTable.maxRegions, firstLength: c.wantedLength) { [unowned self] received in
+            let outcome = c.consume(received)
+            deviceChanged(e)
+            switch outcome {
+            case .open:
+                return .receive(c.wantedLength)
+            case .closed(let why):
+                disconnect(e, why: why)
+                return .stop
+            }
+        }
+    }
+
+    private func disconnect(_ e: Endpoint, why: String) {
+        logger.info("\(e.spec.fullName): front-end disconnected: \(why)")
+        e.connection = nil
+        e.connectionWatch = nil
+        e.device.reset(reason: "disconnect")
+        deviceChanged(e)
+        if e.spec.inheritedDescriptor != nil {
+            logger.notice("\(e.spec.fullName): inherited connection closed: stopping")
+            inheritedConnectionClosed()
+        } else if e.spec.mode == .client {
+            e.backoff = reconnectInitial
+            e.reconnectTimer = loop.after(nanoseconds: e.backoff) { [unowned self] in connect(e) }
+        }
+    }
+
+    private func makeParentDirectory(_ path: String) throws {
+        let dir = (path as NSString).deletingLastPathComponent
+        guard !dir.isEmpty else { return }
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        } catch {
+            throw DaemonError.startup("cannot create directory \(dir): \(error.localizedDescription)")
+        }
+    }
+}
+
+extension EventLoop {
+    /// Multishot accept on `listener`; on an error (e.g. out of descriptors) it pauses for 100 ms
+    /// rather than spin, then accepts again.
+    @discardableResult
+    func acceptRepeatedly(on listener: CInt, what: String, logger: Logger, _ body: @escaping (OwnedDescriptor) -> Void) -> EventLoop.Token {
+        acceptConnections(on: listener) { [unowned self] result in
+            switch result {
+            case .success(let fd):
+                body(OwnedDescriptor(adopting: fd))
+                return .keepWatching
+            case .failure(let error):
+                logger.warning("\(what): accept failed: \(error); retrying in 100 ms")
+                after(nanoseconds: 100_000_000) { [unowned self] in _ = acceptRepeatedly(on: listener, what: what, logger: logger, body) }
+                return .stop
+            }
+        }
+    }
+}

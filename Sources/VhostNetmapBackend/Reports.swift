@@ -1,0 +1,93 @@
+import DataPath
+import Foundation
+import Netmap
+import SystemPackage
+import VALESwitch
+
+/// What `stats` (and SIGUSR1) report: per switch, its vhost-user ports, host ports and netmap
+/// ports with their counters.
+extension Daemon {
+    public struct PortReport: Codable, Sendable {
+        public var name: String
+        public var index: Int
+        public var socket: String
+        public var mode: String
+        public var queuePairs: Int
+        public var connected: Bool
+        public var device: VhostNetDevice.Status
+        public var counters: PortCounters
+    }
+
+    public struct HostPortReport: Codable, Sendable {
+        public var name: String
+        public var index: Int
+        public var interface: String
+        public var queues: Int
+        public var offloads: String
+        public var readErrors: UInt64
+        public var writeErrors: UInt64
+        public var writesWhileDown: UInt64
+        public var counters: PortCounters
+    }
+
+    public struct NetmapPortReport: Codable, Sendable {
+        public var name: String
+        public var index: Int
+        public var headerLength: Int
+        public var memoryID: Int
+        /// "ioctl" or "kloop".
+        public var sync: NetmapSyncMode
+        /// kloop: "running", or how netmap's kernel loop ended ("ended: <errno>").
+        public var kernelLoop: String?
+        public var syncErrors: UInt64
+        public var badSlots: UInt64
+        public var counters: PortCounters
+    }
+
+    public struct SwitchReport: Codable, Sendable {
+        public var name: String
+        /// "embedded", or "netmap-cross-connect" (a guest and its netmap port, in kernel mode).
+        public var kind: String
+        public var learnedAddresses: Int
+        public var ports: [PortReport]
+        public var hostPorts: [HostPortReport]
+        public var netmapPorts: [NetmapPortReport]
+    }
+
+    /// Every switch with its ports and their counters, as `stats` reports them.
+    public func statistics() -> [SwitchReport] {
+        topology.switches.map { s in
+            s.vale.lock.withLock { _ in
+                let ports = supervisor.endpoints.filter { $0.vale === s.vale }.map { e in
+                    PortReport(name: e.spec.fullName, index: e.device.portIndex,
+                               socket: e.spec.socketPath ?? "fd:\(e.spec.inheritedDescriptor ?? -1)",
+                               mode: e.spec.mode.rawValue, queuePairs: e.spec.queuePairs,
+                               connected: e.connection != nil, device: e.device.statusLocked(),
+                               counters: s.vale.counters[e.device.portIndex])
+                }
+                let taps = topology.hostPorts.filter { $0.vale === s.vale }.map { h in
+                    HostPortReport(name: h.spec.fullName, index: h.index, interface: h.spec.interfaceName, queues: h.spec.queues,
+                                   offloads: h.port.offloads.description, readErrors: h.port.readErrors,
+                                   writeErrors: h.port.writeErrors, writesWhileDown: h.port.writesWhileDown, counters: s.vale.counters[h.index])
+                }
+                let netmap = topology.kernelBindings.filter { $0.vale === s.vale }.map { k in
+                    NetmapPortReport(name: k.opened.name.text, index: k.index, headerLength: k.opened.headerLength,
+                                     memoryID: Int(k.opened.memoryID), sync: k.opened.sync,
+                                     kernelLoop: k.opened.kernelLoop.map { loop in loop.ended.map { "ended: \(Errno(rawValue: $0))" } ?? "running" },
+                                     syncErrors: k.opened.port.syncErrors,
+                                     badSlots: k.opened.port.badSlots, counters: s.vale.counters[k.index])
+                }
+                return SwitchReport(name: s.vale.name, kind: topology.usesKernel ? "netmap-cross-connect" : "embedded",
+                                    learnedAddresses: s.vale.learning.entryCount, ports: ports, hostPorts: taps,
+                                    netmapPorts: netmap)
+            }
+        }
+    }
+
+    public func statisticsJSON(pretty: Bool) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys] : [.sortedKeys]
+        let data = (try? encoder.encode(["switches": statistics()])) ?? Data()
+        return String(decoding: data, as: UTF8.self)
+    }
+}
