@@ -83,26 +83,37 @@ public final class VhostNetDevice: @unchecked Sendable {
         case reply([UInt8])
     }
 
-    /// Handles one validated-framing message. Throws `ProtocolError` to refuse it.
+    /// Handles one message: decoded (`DeviceRequest`, which checks the framing), then applied.
+    /// Throws `ProtocolError` to refuse it; `.refused` names the rule.
     public func handle(_ m: VhostUserMessage) throws(ProtocolError) -> Response {
-        try MessageFraming.validate(m)
-        let r = m.request
-        switch r {
+        let request = try DeviceRequest(m)
+        if case .unsupported(let r) = request { throw .unsupported(r) }
+        let pausesBefore = datapathPauses
+        let response: Response
+        do {
+            response = try apply(request)
+        } catch {
+            throw .refused(m.request, error)
+        }
+        // The rule table and the handlers agree on which requests change what the worker reads.
+        assert(!m.request.rule.pausesDataPath || datapathPauses > pausesBefore, "\(m.request) must pause the data path")
+        return response
+    }
+
+    private func apply(_ request: DeviceRequest) throws(Refusal) -> Response {
+        switch request {
         case .getFeatures:
             return .reply(u64(Self.offeredFeatures.rawValue))
-        case .setFeatures:
-            let f = VirtioFeatures(rawValue: m.withPayload { $0.u64 })
+        case .setFeatures(let bits):
+            let f = VirtioFeatures(rawValue: bits)
             guard Self.offeredFeatures.isSuperset(of: f) else {
-                throw .invalid(r, "features \(f) include bits not offered (\(VirtioFeatures(rawValue: f.rawValue & ~Self.offeredFeatures.rawValue)))")
+                throw .featuresNotOffered(f.rawValue & ~Self.offeredFeatures.rawValue)
             }
             setFeatures(f)
         case .getProtocolFeatures:
             return .reply(u64(Self.offeredProtocolFeatures.rawValue))
-        case .setProtocolFeatures:
-            let p = ProtocolFeatures(rawValue: m.withPayload { $0.u64 })
-            guard Self.offeredProtocolFeatures.isSuperset(of: p) else {
-                throw .invalid(r, "protocol features 0x\(String(p.rawValue, radix: 16)) include bits not offered")
-            }
+        case .setProtocolFeatures(let p):
+            guard Self.offeredProtocolFeatures.isSuperset(of: p) else { throw .protocolFeaturesNotOffered(p.rawValue) }
             protocolFeatures = p
             protocolFeaturesNegotiated = true
         case .setOwner:
@@ -112,86 +123,72 @@ public final class VhostNetDevice: @unchecked Sendable {
         case .getQueueNum:
             // Queue pairs, as QEMU's and DPDK's front-ends compare it with their queues= option.
             return .reply(u64(UInt64(queuePairs)))
-        case .setMemTable:
-            try setMemoryTable(m)
-        case .setVringNum:
-            let s = m.withPayload { VringState($0) }
-            let v = try vring(s.index, r)
-            guard !v.started else { throw .invalid(r, "ring \(s.index) is running") }
+        case .setMemTable(let table, let descriptors):
+            try setMemoryTable(table, descriptors)
+        case .setVringNum(let s):
+            let v = try vring(s.index)
+            guard !v.started else { throw .ringRunning(s.index) }
             guard s.num >= 1, s.num <= UInt32(SplitQueue.maxSize), s.num & (s.num - 1) == 0 else {
-                throw .invalid(r, "size \(s.num) is not a power of two in 1...\(SplitQueue.maxSize)")
+                throw .ringSize(s.num, max: SplitQueue.maxSize)
             }
             v.size = s.num
-        case .setVringAddr:
-            let a = m.withPayload { VringAddress($0) }
-            let v = try vring(a.index, r)
-            guard a.flags & ~VringAddress.logFlag == 0 else { throw .invalid(r, "unknown flags 0x\(String(a.flags, radix: 16))") }
-            guard let memory else { throw .invalid(r, "no memory table yet") }
-            guard v.size != 0 else { throw .invalid(r, "ring \(a.index) has no size yet (SET_VRING_NUM)") }
+        case .setVringAddr(let a):
+            let v = try vring(a.index)
+            guard a.flags & ~VringAddress.logFlag == 0 else { throw .unknownAddressFlags(a.flags) }
+            guard let memory else { throw .noMemoryTable }
+            guard v.size != 0 else { throw .ringHasNoSize(a.index) }
             let addresses = RingAddresses(descriptorTable: a.descriptorTable, availRing: a.availRing, usedRing: a.usedRing)
-            try checkLayout(addresses, size: v.size, memory: memory, r)
-            try withDatapathPaused { () throws(ProtocolError) in
+            try checkLayout(addresses, size: v.size, memory: memory)
+            try withDatapathPaused { () throws(Refusal) in
                 v.addresses = addresses
-                if v.started { try attach(a.index, r) }
+                if v.started { try attach(a.index) }
             }
-        case .setVringBase:
-            let s = m.withPayload { VringState($0) }
-            let v = try vring(s.index, r)
-            guard !v.started else { throw .invalid(r, "ring \(s.index) is running") }
-            guard s.num <= 0xffff else { throw .invalid(r, "base \(s.num) does not fit 16 bits (split ring)") }
+        case .setVringBase(let s):
+            let v = try vring(s.index)
+            guard !v.started else { throw .ringRunning(s.index) }
+            guard s.num <= 0xffff else { throw .baseTooLarge(s.num) }
             v.base = UInt16(s.num)
-        case .getVringBase:
-            let s = m.withPayload { VringState($0) }
-            _ = try vring(s.index, r) // validates the index
+        case .getVringBase(let s):
+            _ = try vring(s.index) // validates the index
             let base = stop(Int(s.index))
             return .reply(VringState(index: s.index, num: UInt32(base)).encoded())
-        case .setVringKick:
-            let p = VringDescriptorPayload(m.withPayload { $0.u64 })!
-            let v = try vring(p.index, r)
-            let fd = try eventDescriptor(m, p, r)
-            guard memory != nil, v.size != 0, v.addresses != nil else {
-                throw .invalid(r, "ring \(p.index) is not set up (needs SET_MEM_TABLE, SET_VRING_NUM, SET_VRING_ADDR)")
-            }
-            try withDatapathPaused { () throws(ProtocolError) in
+        case .setVringKick(let p, let descriptor):
+            let v = try vring(p.index)
+            let fd = try eventDescriptor(descriptor)
+            guard memory != nil, v.size != 0, v.addresses != nil else { throw .ringNotSetUp(p.index) }
+            try withDatapathPaused { () throws(Refusal) in
                 v.kick = fd
                 v.kickPolled = p.noDescriptor
                 if !v.started {
                     port.queues[Int(p.index)].lastAvailIndex = v.base
                 }
                 v.started = true
-                try attach(p.index, r)
+                try attach(p.index)
             }
             logger.info("\(name): ring \(p.index) started (size \(v.size), base \(v.base)\(p.noDescriptor ? ", polled" : ""))")
-        case .setVringCall:
-            let p = VringDescriptorPayload(m.withPayload { $0.u64 })!
-            let v = try vring(p.index, r)
-            let fd = try eventDescriptor(m, p, r)
+        case .setVringCall(let p, let descriptor):
+            let v = try vring(p.index)
+            let fd = try eventDescriptor(descriptor)
             withDatapathPaused { v.call = fd }
-        case .setVringErr:
-            let p = VringDescriptorPayload(m.withPayload { $0.u64 })!
-            let v = try vring(p.index, r)
-            let fd = try eventDescriptor(m, p, r)
+        case .setVringErr(let p, let descriptor):
+            let v = try vring(p.index)
+            let fd = try eventDescriptor(descriptor)
             withDatapathPaused { v.error = fd }
-        case .setVringEnable:
-            let s = m.withPayload { VringState($0) }
-            let v = try vring(s.index, r)
-            guard protocolFeaturesNegotiated || features.contains(.protocolFeatures) else {
-                throw .invalid(r, "PROTOCOL_FEATURES not negotiated")
-            }
-            guard s.num <= 1 else { throw .invalid(r, "enable must be 0 or 1, got \(s.num)") }
+        case .setVringEnable(let s):
+            let v = try vring(s.index)
+            guard protocolFeaturesNegotiated || features.contains(.protocolFeatures) else { throw .protocolFeaturesNotNegotiated }
+            guard s.num <= 1 else { throw .enableNotBoolean(s.num) }
             withDatapathPaused { v.enabled = s.num == 1 }
-        case .sendRARP:
-            guard protocolFeatures.contains(.rarp) else { throw .invalid(r, "RARP not negotiated") }
-            let mac = m.withPayload { Array($0[0..<6]) }
+        case .sendRARP(let mac):
+            guard protocolFeatures.contains(.rarp) else { throw .notNegotiated(.rarp) }
             withDatapathPaused { port.pendingAnnouncement = mac }
             logger.info("\(name): RARP announcement for \(mac.map { String($0, radix: 16) }.joined(separator: ":"))")
-        case .netSetMTU:
-            guard protocolFeatures.contains(.mtu) else { throw .invalid(r, "MTU not negotiated") }
-            let value = m.withPayload { $0.u64 }
-            guard value >= 68 && value <= 65535 else { throw .invalid(r, "MTU \(value) outside 68...65535") }
+        case .netSetMTU(let value):
+            guard protocolFeatures.contains(.mtu) else { throw .notNegotiated(.mtu) }
+            guard value >= 68 && value <= 65535 else { throw .mtuOutOfRange(value) }
             mtu = Int(value)
-        default:
-            throw .unsupported(r)
+        case .unsupported:
+            preconditionFailure("refused by handle(_:)")
         }
         return .none
     }
@@ -200,32 +197,29 @@ public final class VhostNetDevice: @unchecked Sendable {
         withUnsafeBytes(of: v.littleEndian) { Array($0) }
     }
 
-    private func vring(_ index: UInt32, _ r: VhostUserRequest) throws(ProtocolError) -> Vring {
-        guard index < UInt32(vrings.count) else {
-            throw .invalid(r, "ring index \(index) out of range (device has \(vrings.count) rings)")
-        }
+    private func vring(_ index: UInt32) throws(Refusal) -> Vring {
+        guard index < UInt32(vrings.count) else { throw .ringIndexOutOfRange(index, rings: vrings.count) }
         return vrings[Int(index)]
     }
 
     /// Takes the eventfd of KICK/CALL/ERR, refusing anything that is not an eventfd (a pipe or
     /// socket could block or be drained by mistake).
-    private func eventDescriptor(_ m: VhostUserMessage, _ p: VringDescriptorPayload, _ r: VhostUserRequest) throws(ProtocolError) -> OwnedDescriptor? {
-        guard !p.noDescriptor else { return nil }
-        let fd = m.descriptors[0]
+    private func eventDescriptor(_ descriptor: OwnedDescriptor?) throws(Refusal) -> OwnedDescriptor? {
+        guard let fd = descriptor else { return nil }
         var buf = [CChar](repeating: 0, count: 64)
         let n = readlink("/proc/self/fd/\(fd.rawValue)", &buf, 63)
         let target = n > 0 ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
-        guard target == "anon_inode:[eventfd]" else { throw .invalid(r, "descriptor is not an eventfd (\(target))") }
+        guard target == "anon_inode:[eventfd]" else { throw .notAnEventFD(target) }
         try? Posix.setNonBlocking(fd.rawValue)
         return fd
     }
 
-    private func checkLayout(_ a: RingAddresses, size: UInt32, memory: GuestMemory, _ r: VhostUserRequest) throws(ProtocolError) {
+    private func checkLayout(_ a: RingAddresses, size: UInt32, memory: GuestMemory) throws(Refusal) {
         let probe = SplitQueue(index: 0)
         do {
             try probe.attach(size: size, addresses: a, memory: memory)
         } catch {
-            throw .invalid(r, error.description)
+            throw .ringLayout(error.description)
         }
     }
 
@@ -241,34 +235,34 @@ public final class VhostNetDevice: @unchecked Sendable {
         logger.info("\(name): features \(f) (header \(f.netHeaderLength) bytes\(f.contains(.netMergeableRxBuffers) ? ", mergeable RX" : ""))")
     }
 
-    private func setMemoryTable(_ m: VhostUserMessage) throws(ProtocolError) {
-        let table = m.withPayload { MemoryTable($0) }
+    private func setMemoryTable(_ table: MemoryTable, _ descriptors: [OwnedDescriptor]) throws(Refusal) {
         let specs = table.regions.map {
             GuestRegionSpec(guestPhysicalAddress: $0.guestPhysicalAddress, size: $0.size, userAddress: $0.userAddress, mmapOffset: $0.mmapOffset)
         }
         let newMemory: GuestMemory
         do {
-            newMemory = try GuestMemory(specs: specs, descriptors: m.descriptors)
+            newMemory = try GuestMemory(specs: specs, descriptors: descriptors)
         } catch {
-            throw .invalid(.setMemTable, error.description)
+            throw .memoryTable(error.description)
         }
         // Running rings move to the new table; one whose layout falls outside it is refused
         // before anything changes. The old mappings go away once nothing holds them.
         for v in vrings where v.started {
             guard let a = v.addresses else { continue }
-            try checkLayout(a, size: v.size, memory: newMemory, .setMemTable)
+            try checkLayout(a, size: v.size, memory: newMemory)
         }
-        try withDatapathPaused { () throws(ProtocolError) in
+        try withDatapathPaused { () throws(Refusal) in
             memory = newMemory
             for (i, v) in vrings.enumerated() where v.started {
-                try attach(UInt32(i), .setMemTable)
+                try attach(UInt32(i))
             }
         }
         logger.info("\(name): memory table with \(specs.count) region(s), \(newMemory.totalSize >> 20) MiB")
     }
 
     /// Attaches the ring's queue to memory (datapath paused by the caller).
-    private func attach(_ index: UInt32, _ r: VhostUserRequest) throws(ProtocolError) {
+    private func attach(_ index: UInt32) throws(Refusal) {
+        assertPaused()
         let v = vrings[Int(index)]
         let q = port.queues[Int(index)]
         guard let memory, let a = v.addresses else { return }
@@ -276,7 +270,7 @@ public final class VhostNetDevice: @unchecked Sendable {
         do {
             try q.attach(size: v.size, addresses: a, memory: memory)
         } catch {
-            throw .invalid(r, error.description)
+            throw .ringLayout(error.description)
         }
         q.lastAvailIndex = last
     }
@@ -326,7 +320,10 @@ public final class VhostNetDevice: @unchecked Sendable {
     /// data path may use and wakes the worker so it re-reads its wake-up descriptors.
     private func withDatapathPaused<E: Error>(_ body: () throws(E) -> Void) throws(E) {
         var failure: E?
+        datapathPauses &+= 1
         vale.lock.withLock { _ in
+            pausedDepth += 1
+            defer { pausedDepth -= 1 }
             do throws(E) {
                 try body()
             } catch {
@@ -339,8 +336,20 @@ public final class VhostNetDevice: @unchecked Sendable {
         if let failure { throw failure }
     }
 
+    /// How often the data path was paused (debug check of the request rule table).
+    private var datapathPauses = 0
+    /// Inside `withDatapathPaused`: the switch lock is held (control thread only).
+    private var pausedDepth = 0
+
+    /// What the worker reads changes only with the switch lock held.
+    @inline(__always)
+    private func assertPaused(_ function: StaticString = #function) {
+        assert(pausedDepth > 0, "\(function) changes what the switch worker reads: only inside withDatapathPaused")
+    }
+
     /// Recomputes the port's ready rings: started, enabled, attached, not broken.
     private func refreshDatapath() {
+        assertPaused()
         let hdr = features.netHeaderLength
         var tx: [SplitQueue] = []
         var rx: [SplitQueue] = []

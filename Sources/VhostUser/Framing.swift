@@ -36,7 +36,8 @@ public enum MessageFraming {
         return request
     }
 
-    /// Checks the payload size and descriptor count of a complete message.
+    /// Checks the payload size and descriptor count of a complete message against its request's
+    /// rule (`VhostUserRequest.rule`).
     public static func validate(_ m: VhostUserMessage) throws(ProtocolError) {
         let size = Int(m.header.size)
         func exact(_ n: Int) throws(ProtocolError) {
@@ -45,37 +46,37 @@ public enum MessageFraming {
         func fds(_ n: Int) throws(ProtocolError) {
             if m.descriptors.count != n { throw .badDescriptorCount(m.request, got: m.descriptors.count, expected: n) }
         }
-        switch m.request {
-        case .getFeatures, .setOwner, .resetOwner, .getProtocolFeatures, .getQueueNum, .getMaxMemSlots, .resetDevice, .getStatus:
-            try exact(0); try fds(0)
-        case .setFeatures, .setProtocolFeatures, .netSetMTU, .sendRARP, .setStatus:
-            try exact(8); try fds(0)
-        case .setVringNum, .setVringBase, .getVringBase, .setVringEnable:
-            try exact(VringState.byteCount); try fds(0)
-        case .setVringAddr:
-            try exact(VringAddress.byteCount); try fds(0)
-        case .setVringKick, .setVringCall, .setVringErr:
-            try exact(8)
-            let value = m.withPayload { $0.u64 }
-            guard let p = VringDescriptorPayload(value) else {
-                throw .invalid(m.request, "reserved bits set in 0x\(String(value, radix: 16))")
-            }
-            try fds(p.noDescriptor ? 0 : 1)
-        case .setMemTable:
+        let rule = m.request.rule
+        var regions = 0
+        switch rule.payload {
+        case .exact(let n):
+            try exact(n)
+        case .memoryTable:
             let n = m.withPayload { MemoryTable.declaredCount($0) }
             guard n >= 1 && n <= UInt32(MemoryTable.maxRegions) else {
-                throw .invalid(m.request, "\(n) regions (1...\(MemoryTable.maxRegions) allowed)")
+                throw .refused(m.request, .regionCount(n, max: MemoryTable.maxRegions))
             }
             try exact(MemoryTable.headerByteCount + Int(n) * MemoryRegionDescription.byteCount)
-            try fds(Int(n))
-        case .getConfig, .setConfig:
+            regions = Int(n)
+        case .config:
             guard size >= 12 else { throw .badPayloadSize(m.request, got: m.header.size, expected: "at least 12") }
             let declared = m.withPayload { Int($0.loadUnaligned(fromByteOffset: 4, as: UInt32.self)) }
             try exact(12 + min(declared, 256))
-            if declared > 256 { throw .invalid(m.request, "config size \(declared) > 256") }
+            if declared > 256 { throw .refused(m.request, .configSize(declared)) }
+        case .unchecked:
+            // Requests we do not implement: refused by the device; the header bounds the size.
+            break
+        }
+        switch rule.descriptors {
+        case .none:
             try fds(0)
-        default:
-            // Requests we do not implement: refused by the device; framing only bounds the size.
+        case .oneUnlessFlagged:
+            let value = m.withPayload { $0.u64 }
+            guard let p = VringDescriptorPayload(value) else { throw .refused(m.request, .reservedBits(value)) }
+            try fds(p.noDescriptor ? 0 : 1)
+        case .perRegion:
+            try fds(regions)
+        case .unchecked:
             break
         }
     }

@@ -161,7 +161,8 @@ public enum ProtocolError: Error, Equatable, CustomStringConvertible {
     case badPayloadSize(VhostUserRequest, got: UInt32, expected: String)
     case badDescriptorCount(VhostUserRequest, got: Int, expected: Int)
     case descriptorsTruncated
-    case invalid(VhostUserRequest, String)
+    /// The device (or the framing) refused it by the rule `Refusal` names.
+    case refused(VhostUserRequest, Refusal)
     case unsupported(VhostUserRequest)
 
     public var description: String {
@@ -172,7 +173,7 @@ public enum ProtocolError: Error, Equatable, CustomStringConvertible {
         case .badPayloadSize(let r, let got, let expected): "\(r): payload size \(got), expected \(expected)"
         case .badDescriptorCount(let r, let got, let expected): "\(r): \(got) file descriptors, expected \(expected)"
         case .descriptorsTruncated: "control data truncated (too many file descriptors)"
-        case .invalid(let r, let why): "\(r): \(why)"
+        case .refused(let r, let why): "\(r): \(why)"
         case .unsupported(let r): "\(r): not supported by this back-end"
         }
     }

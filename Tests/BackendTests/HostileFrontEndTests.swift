@@ -38,47 +38,52 @@ import Virtio
         #expect(throws: ProtocolError.self, sourceLocation: sourceLocation) { try victim.handle(m) }
     }
 
+    /// Refused by exactly this rule.
+    func refused(_ m: VhostUserMessage, by rule: ProtocolError, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(throws: rule, sourceLocation: sourceLocation) { try victim.handle(m) }
+    }
+
     @Test func outOfOrderMessagesAreRefused() throws {
         let q = DriverQueue(size: 64, memory: victim.memory)
         let a = q.addresses
         let addr = VringAddress(index: 0, flags: 0, descriptorTable: a.descriptorTable, usedRing: a.usedRing, availRing: a.availRing, log: 0)
         // Ring address before any memory table.
         try victim.handle(message(.setVringNum, VringState(index: 0, num: 64).encoded()))
-        refused(message(.setVringAddr, addr.encoded()))
+        refused(message(.setVringAddr, addr.encoded()), by: .refused(.setVringAddr, .noMemoryTable))
         // Kick before the ring is set up.
-        refused(message(.setVringKick, u64(0), fds: [try EventFD.make()]))
+        refused(message(.setVringKick, u64(0), fds: [try EventFD.make()]), by: .refused(.setVringKick, .ringNotSetUp(0)))
         // Enable without PROTOCOL_FEATURES.
-        refused(message(.setVringEnable, VringState(index: 0, num: 1).encoded()))
+        refused(message(.setVringEnable, VringState(index: 0, num: 1).encoded()), by: .refused(.setVringEnable, .protocolFeaturesNotNegotiated))
         // RARP / MTU without their protocol features.
-        refused(message(.sendRARP, u64(1)))
-        refused(message(.netSetMTU, u64(1500)))
+        refused(message(.sendRARP, u64(1)), by: .refused(.sendRARP, .notNegotiated(.rarp)))
+        refused(message(.netSetMTU, u64(1500)), by: .refused(.netSetMTU, .notNegotiated(.mtu)))
         // Address before the ring size.
         try victim.handle(message(.setMemTable, MemoryTable(regions: [victim.region]).encoded(), fds: [victim.memory.descriptor]))
         var addr1 = addr
         addr1.index = 1
-        refused(message(.setVringAddr, addr1.encoded()))
+        refused(message(.setVringAddr, addr1.encoded()), by: .refused(.setVringAddr, .ringHasNoSize(1)))
         bystandersStillWork()
     }
 
     @Test func badIndicesSizesAndFlagsAreRefused() throws {
         try victim.start()
-        refused(message(.setVringNum, VringState(index: 2, num: 64).encoded()))
-        refused(message(.setVringNum, VringState(index: .max, num: 64).encoded()))
-        refused(message(.setVringCall, u64(7), fds: [try EventFD.make()]))
-        refused(message(.getVringBase, VringState(index: 255, num: 0).encoded()))
-        refused(message(.setVringEnable, VringState(index: 0, num: 2).encoded()))
+        refused(message(.setVringNum, VringState(index: 2, num: 64).encoded()), by: .refused(.setVringNum, .ringIndexOutOfRange(2, rings: 2)))
+        refused(message(.setVringNum, VringState(index: .max, num: 64).encoded()), by: .refused(.setVringNum, .ringIndexOutOfRange(.max, rings: 2)))
+        refused(message(.setVringCall, u64(7), fds: [try EventFD.make()]), by: .refused(.setVringCall, .ringIndexOutOfRange(7, rings: 2)))
+        refused(message(.getVringBase, VringState(index: 255, num: 0).encoded()), by: .refused(.getVringBase, .ringIndexOutOfRange(255, rings: 2)))
+        refused(message(.setVringEnable, VringState(index: 0, num: 2).encoded()), by: .refused(.setVringEnable, .enableNotBoolean(2)))
         // Running rings cannot be resized or rebased.
-        refused(message(.setVringNum, VringState(index: 0, num: 128).encoded()))
-        refused(message(.setVringBase, VringState(index: 1, num: 5).encoded()))
+        refused(message(.setVringNum, VringState(index: 0, num: 128).encoded()), by: .refused(.setVringNum, .ringRunning(0)))
+        refused(message(.setVringBase, VringState(index: 1, num: 5).encoded()), by: .refused(.setVringBase, .ringRunning(1)))
         // Features not offered; protocol features not offered.
-        refused(message(.setFeatures, u64(1 << 63)))
-        refused(message(.setProtocolFeatures, u64(1 << 20)))
-        refused(message(.netSetMTU, u64(40)))
-        refused(message(.netSetMTU, u64(1 << 20)))
+        refused(message(.setFeatures, u64(1 << 63)), by: .refused(.setFeatures, .featuresNotOffered(1 << 63)))
+        refused(message(.setProtocolFeatures, u64(1 << 20)), by: .refused(.setProtocolFeatures, .protocolFeaturesNotOffered(1 << 20)))
+        refused(message(.netSetMTU, u64(40)), by: .refused(.netSetMTU, .mtuOutOfRange(40)))
+        refused(message(.netSetMTU, u64(1 << 20)), by: .refused(.netSetMTU, .mtuOutOfRange(1 << 20)))
         // Unimplemented requests.
-        refused(message(.setLogBase, [UInt8](repeating: 0, count: 16)))
-        refused(message(.getConfig, [UInt8](repeating: 0, count: 12)))
-        refused(message(.iotlbMessage, [UInt8](repeating: 0, count: 64)))
+        refused(message(.setLogBase, [UInt8](repeating: 0, count: 16)), by: .unsupported(.setLogBase))
+        refused(message(.getConfig, [UInt8](repeating: 0, count: 12)), by: .unsupported(.getConfig))
+        refused(message(.iotlbMessage, [UInt8](repeating: 0, count: 64)), by: .unsupported(.iotlbMessage))
         bystandersStillWork()
     }
 
@@ -92,7 +97,8 @@ import Virtio
                            (UInt64.max - 15, base, base), (base + 8, base, base), (base, base + 1, base), (base, base, base + 2)] {
             refused(message(.setVringAddr, VringAddress(index: 0, flags: 0, descriptorTable: d, usedRing: u, availRing: av, log: 0).encoded()))
         }
-        refused(message(.setVringAddr, VringAddress(index: 0, flags: 6, descriptorTable: base, usedRing: base + 8192, availRing: base + 4096, log: 0).encoded()))
+        refused(message(.setVringAddr, VringAddress(index: 0, flags: 6, descriptorTable: base, usedRing: base + 8192, availRing: base + 4096, log: 0).encoded()),
+                by: .refused(.setVringAddr, .unknownAddressFlags(6)))
         bystandersStillWork()
     }
 

@@ -1,0 +1,173 @@
+import VhostSystem
+
+/// The rules of one request, in one place: the payload it carries, the descriptors it may bring,
+/// whether the back-end always replies, and whether handling it pauses the data path (it changes
+/// what the switch worker reads: rings, memory, eventfds, features).
+public struct RequestRule: Sendable {
+    public enum Payload: Sendable, Equatable {
+        /// Exactly this many bytes.
+        case exact(Int)
+        /// A memory table: its declared region count fixes the size.
+        case memoryTable
+        /// GET/SET_CONFIG: a 12-byte header and the size it declares (at most 256).
+        case config
+        /// Not decoded (requests the device refuses); only the header's bound applies.
+        case unchecked
+    }
+
+    public enum Descriptors: Sendable, Equatable {
+        case none
+        /// One eventfd unless the payload's no-descriptor flag (0x100) is set.
+        case oneUnlessFlagged
+        /// One per memory region.
+        case perRegion
+        /// Not checked (requests the device refuses).
+        case unchecked
+    }
+
+    public let payload: Payload
+    public let descriptors: Descriptors
+    /// The back-end answers with a payload whether or not the front-end asked (GET_* requests).
+    public let replies: Bool
+    public let pausesDataPath: Bool
+}
+
+extension VhostUserRequest {
+    /// This request's rules.
+    public var rule: RequestRule {
+        switch self {
+        case .getFeatures, .getProtocolFeatures, .getQueueNum:
+            return RequestRule(payload: .exact(0), descriptors: .none, replies: true, pausesDataPath: false)
+        case .setOwner:
+            return RequestRule(payload: .exact(0), descriptors: .none, replies: false, pausesDataPath: false)
+        case .resetOwner:
+            return RequestRule(payload: .exact(0), descriptors: .none, replies: false, pausesDataPath: true)
+        case .getMaxMemSlots, .resetDevice, .getStatus:
+            return RequestRule(payload: .exact(0), descriptors: .none, replies: false, pausesDataPath: false)
+        case .setFeatures:
+            return RequestRule(payload: .exact(8), descriptors: .none, replies: false, pausesDataPath: true)
+        case .setProtocolFeatures, .netSetMTU, .setStatus:
+            return RequestRule(payload: .exact(8), descriptors: .none, replies: false, pausesDataPath: false)
+        case .sendRARP:
+            return RequestRule(payload: .exact(8), descriptors: .none, replies: false, pausesDataPath: true)
+        case .setVringNum, .setVringBase:
+            return RequestRule(payload: .exact(VringState.byteCount), descriptors: .none, replies: false, pausesDataPath: false)
+        case .getVringBase:
+            return RequestRule(payload: .exact(VringState.byteCount), descriptors: .none, replies: true, pausesDataPath: true)
+        case .setVringEnable:
+            return RequestRule(payload: .exact(VringState.byteCount), descriptors: .none, replies: false, pausesDataPath: true)
+        case .setVringAddr:
+            return RequestRule(payload: .exact(VringAddress.byteCount), descriptors: .none, replies: false, pausesDataPath: true)
+        case .setVringKick, .setVringCall, .setVringErr:
+            return RequestRule(payload: .exact(8), descriptors: .oneUnlessFlagged, replies: false, pausesDataPath: true)
+        case .setMemTable:
+            return RequestRule(payload: .memoryTable, descriptors: .perRegion, replies: false, pausesDataPath: true)
+        case .getConfig, .setConfig:
+            return RequestRule(payload: .config, descriptors: .none, replies: false, pausesDataPath: false)
+        default:
+            return RequestRule(payload: .unchecked, descriptors: .unchecked, replies: false, pausesDataPath: false)
+        }
+    }
+}
+
+/// A front-end's request, decoded: framing checked against its rule, payload parsed, descriptors
+/// taken. What the device implements has a case; the rest arrive as `unsupported`.
+public enum DeviceRequest {
+    case getFeatures
+    case setFeatures(UInt64)
+    case getProtocolFeatures
+    case setProtocolFeatures(ProtocolFeatures)
+    case setOwner
+    case resetOwner
+    case getQueueNum
+    case setMemTable(MemoryTable, descriptors: [OwnedDescriptor])
+    case setVringNum(VringState)
+    case setVringAddr(VringAddress)
+    case setVringBase(VringState)
+    case getVringBase(VringState)
+    case setVringKick(VringDescriptorPayload, OwnedDescriptor?)
+    case setVringCall(VringDescriptorPayload, OwnedDescriptor?)
+    case setVringErr(VringDescriptorPayload, OwnedDescriptor?)
+    case setVringEnable(VringState)
+    case sendRARP(mac: [UInt8])
+    case netSetMTU(UInt64)
+    case unsupported(VhostUserRequest)
+
+    public init(_ m: VhostUserMessage) throws(ProtocolError) {
+        try MessageFraming.validate(m)
+        func descriptor() -> OwnedDescriptor? { m.descriptors.first }
+        func ringDescriptor() -> VringDescriptorPayload { VringDescriptorPayload(m.withPayload { $0.u64 })! }  // validated
+        switch m.request {
+        case .getFeatures: self = .getFeatures
+        case .setFeatures: self = .setFeatures(m.withPayload { $0.u64 })
+        case .getProtocolFeatures: self = .getProtocolFeatures
+        case .setProtocolFeatures: self = .setProtocolFeatures(ProtocolFeatures(rawValue: m.withPayload { $0.u64 }))
+        case .setOwner: self = .setOwner
+        case .resetOwner: self = .resetOwner
+        case .getQueueNum: self = .getQueueNum
+        case .setMemTable: self = .setMemTable(m.withPayload { MemoryTable($0) }, descriptors: m.descriptors)
+        case .setVringNum: self = .setVringNum(m.withPayload { VringState($0) })
+        case .setVringAddr: self = .setVringAddr(m.withPayload { VringAddress($0) })
+        case .setVringBase: self = .setVringBase(m.withPayload { VringState($0) })
+        case .getVringBase: self = .getVringBase(m.withPayload { VringState($0) })
+        case .setVringKick: self = .setVringKick(ringDescriptor(), descriptor())
+        case .setVringCall: self = .setVringCall(ringDescriptor(), descriptor())
+        case .setVringErr: self = .setVringErr(ringDescriptor(), descriptor())
+        case .setVringEnable: self = .setVringEnable(m.withPayload { VringState($0) })
+        case .sendRARP: self = .sendRARP(mac: m.withPayload { Array($0[0..<6]) })
+        case .netSetMTU: self = .netSetMTU(m.withPayload { $0.u64 })
+        default: self = .unsupported(m.request)
+        }
+    }
+}
+
+/// Why a request was refused, one case per rule, so a test asserts the rule that refused it.
+public enum Refusal: Error, Equatable, Sendable, CustomStringConvertible {
+    case featuresNotOffered(UInt64)
+    case protocolFeaturesNotOffered(UInt64)
+    case ringIndexOutOfRange(UInt32, rings: Int)
+    case ringRunning(UInt32)
+    case ringSize(UInt32, max: Int)
+    case unknownAddressFlags(UInt32)
+    case noMemoryTable
+    case ringHasNoSize(UInt32)
+    case baseTooLarge(UInt32)
+    case ringNotSetUp(UInt32)
+    case notAnEventFD(String)
+    case protocolFeaturesNotNegotiated
+    case enableNotBoolean(UInt32)
+    case notNegotiated(ProtocolFeatures)
+    case mtuOutOfRange(UInt64)
+    /// A ring layout outside guest memory, or misaligned (Virtio's reason).
+    case ringLayout(String)
+    /// A memory table GuestMemory refused (its reason).
+    case memoryTable(String)
+    case reservedBits(UInt64)
+    case regionCount(UInt32, max: Int)
+    case configSize(Int)
+
+    public var description: String {
+        switch self {
+        case .featuresNotOffered(let bits): "features include bits not offered (0x\(String(bits, radix: 16)))"
+        case .protocolFeaturesNotOffered(let bits): "protocol features 0x\(String(bits, radix: 16)) include bits not offered"
+        case .ringIndexOutOfRange(let i, let n): "ring index \(i) out of range (device has \(n) rings)"
+        case .ringRunning(let i): "ring \(i) is running"
+        case .ringSize(let s, let max): "size \(s) is not a power of two in 1...\(max)"
+        case .unknownAddressFlags(let f): "unknown flags 0x\(String(f, radix: 16))"
+        case .noMemoryTable: "no memory table yet"
+        case .ringHasNoSize(let i): "ring \(i) has no size yet (SET_VRING_NUM)"
+        case .baseTooLarge(let b): "base \(b) does not fit 16 bits (split ring)"
+        case .ringNotSetUp(let i): "ring \(i) is not set up (needs SET_MEM_TABLE, SET_VRING_NUM, SET_VRING_ADDR)"
+        case .notAnEventFD(let what): "descriptor is not an eventfd (\(what))"
+        case .protocolFeaturesNotNegotiated: "PROTOCOL_FEATURES not negotiated"
+        case .enableNotBoolean(let v): "enable must be 0 or 1, got \(v)"
+        case .notNegotiated(let f): "protocol feature 0x\(String(f.rawValue, radix: 16)) not negotiated"
+        case .mtuOutOfRange(let v): "MTU \(v) outside 68...65535"
+        case .ringLayout(let why): why
+        case .memoryTable(let why): why
+        case .reservedBits(let v): "reserved bits set in 0x\(String(v, radix: 16))"
+        case .regionCount(let n, let max): "\(n) regions (1...\(max) allowed)"
+        case .configSize(let n): "config size \(n) > 256"
+        }
+    }
+}
