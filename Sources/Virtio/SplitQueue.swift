@@ -76,7 +76,7 @@ public final class SplitQueue: @unchecked Sendable {
 
     /// Next avail entry to take (free-running 16-bit).
     public var lastAvailIndex: UInt16 = 0 {
-        didSet { if lastAvailIndex &- cachedAvailIndex < 0x8000 { cachedAvailIndex = lastAvailIndex } }
+        didSet { if RingIndex(lastAvailIndex).isAtOrAfter(RingIndex(cachedAvailIndex)) { cachedAvailIndex = lastAvailIndex } }
     }
     /// The guest's avail->idx as last read. Reading it costs a cache miss (the guest writes that
     /// line all the time), so it is re-read only when what it promised has been consumed.
@@ -106,23 +106,26 @@ public final class SplitQueue: @unchecked Sendable {
     public var isAttached: Bool { descriptors != nil }
 
     /// Validates and translates the ring layout. The used index is read back from guest memory.
+    ///
+    /// Invariant established here, relied on by every raw access below: `descriptors`, `avail`
+    /// and `used` point at the full extent of their part (`SplitRingLayout`'s byte counts,
+    /// used_event and avail_event included) inside one mapped region of `memory`, which this
+    /// queue keeps alive until `detach`.
     public func attach(size: UInt32, addresses a: RingAddresses, memory: GuestMemory) throws(RingSetupError) {
-        guard size >= 1, size <= UInt32(SplitQueue.maxSize), size & (size - 1) == 0 else { throw .badSize(size) }
-        let n = UInt64(size)
-        guard a.descriptorTable % 16 == 0 else { throw .misaligned("descriptor table") }
-        guard a.availRing % 2 == 0 else { throw .misaligned("avail ring") }
-        guard a.usedRing % 4 == 0 else { throw .misaligned("used ring") }
-        // Sizes include used_event/avail_event (EVENT_IDX) so those accesses are always in bounds.
-        guard let d = memory.translate(userAddress: a.descriptorTable, length: 16 * n) else { throw .notInGuestMemory("descriptor table") }
-        guard let av = memory.translate(userAddress: a.availRing, length: 6 + 2 * n) else { throw .notInGuestMemory("avail ring") }
-        guard let u = memory.translate(userAddress: a.usedRing, length: 6 + 8 * n) else { throw .notInGuestMemory("used ring") }
+        try SplitRingLayout.check(size: size, addresses: a)
+        let n = Int(size)
+        guard let d = memory.translate(userAddress: a.descriptorTable, length: UInt64(SplitRingLayout.descriptorTableBytes(n))) else {
+            throw .notInGuestMemory("descriptor table")
+        }
+        guard let av = memory.translate(userAddress: a.availRing, length: UInt64(SplitRingLayout.availBytes(n))) else { throw .notInGuestMemory("avail ring") }
+        guard let u = memory.translate(userAddress: a.usedRing, length: UInt64(SplitRingLayout.usedBytes(n))) else { throw .notInGuestMemory("used ring") }
         self.size = Int(size)
         mask = Int(size) - 1
         descriptors = d
         avail = av
         used = u
         self.memory = memory
-        usedIndex = Self.load16(u + 2)
+        usedIndex = Self.load16(u + SplitRingLayout.usedIndexOffset)
         cachedAvailIndex = lastAvailIndex
         signalledValid = false
         broken = false
@@ -173,8 +176,8 @@ public final class SplitQueue: @unchecked Sendable {
     @inline(never)
     public func refreshAvailable() -> Int? {
         guard let avail, !broken else { return nil }
-        let idx = Self.loadAcquire16(avail + 2)
-        let n = Int(idx &- lastAvailIndex)
+        let idx = Self.loadAcquire16(avail + SplitRingLayout.availIndexOffset)
+        let n = RingIndex(idx).distance(from: RingIndex(lastAvailIndex))
         if n > size {
             markBroken("avail index \(idx) is \(n) entries ahead of \(lastAvailIndex) on a ring of \(size)")
             return nil
@@ -189,8 +192,9 @@ public final class SplitQueue: @unchecked Sendable {
     /// The caller has checked `availableCount() > 0`.
     @inline(__always)
     public func nextChain(writable: Bool, into segments: SegmentList) -> ChainResult? {
-        let slot = Int(lastAvailIndex) & mask
-        let head = Self.load16(avail! + 4 + 2 * slot)
+        assert(isAttached && !broken, "nextChain on a ring that is not running")
+        let slot = RingIndex(lastAvailIndex).slot(mask)
+        let head = Self.load16(avail! + SplitRingLayout.availRingOffset + 2 * slot)
         lastAvailIndex &+= 1
         guard Int(head) < size else {
             markBroken("avail ring entry \(slot) names head \(head) on a ring of \(size)")
@@ -211,26 +215,30 @@ public final class SplitQueue: @unchecked Sendable {
     @inline(__always)
     public func prefetch(upTo count: Int, writable: Bool) {
         guard let avail, let descriptors else { return }
-        let available = Int(cachedAvailIndex &- lastAvailIndex)
-        let descriptorEnd = lastAvailIndex &+ UInt16(truncatingIfNeeded: min(count, available))
-        var i = Int(descriptorsPrefetched &- lastAvailIndex) < 0x8000 ? descriptorsPrefetched : lastAvailIndex
-        while Int(descriptorEnd &- i) & 0xffff < 0x8000 && i != descriptorEnd {
-            cvh_prefetch_read(descriptors + 16 * (Int(Self.load16(avail + 4 + 2 * (Int(i) & mask))) & mask))
-            i &+= 1
+        let last = RingIndex(lastAvailIndex)
+        let available = RingIndex(cachedAvailIndex).distance(from: last)
+        // Heads are masked to the ring (not checked: only a hint), so every address stays in the table.
+        @inline(__always) func descriptor(_ i: RingIndex) -> UnsafeMutableRawPointer {
+            descriptors + SplitRingLayout.descriptorSize * (Int(Self.load16(avail + SplitRingLayout.availRingOffset + 2 * i.slot(mask))) & mask)
         }
-        descriptorsPrefetched = descriptorEnd
+        let descriptorEnd = last.advanced(by: min(count, available))
+        var i = RingIndex(descriptorsPrefetched).isAtOrAfter(last) ? RingIndex(descriptorsPrefetched) : last
+        while descriptorEnd.isAtOrAfter(i) && i != descriptorEnd {
+            cvh_prefetch_read(descriptor(i))
+            i = i.advanced(by: 1)
+        }
+        descriptorsPrefetched = descriptorEnd.value
         let regions = self.regions
-        let bufferEnd = lastAvailIndex &+ UInt16(truncatingIfNeeded: min(count / 2, available))
-        i = Int(buffersPrefetched &- lastAvailIndex) < 0x8000 ? buffersPrefetched : lastAvailIndex
-        while Int(bufferEnd &- i) & 0xffff < 0x8000 && i != bufferEnd {
-            let d = descriptors + 16 * (Int(Self.load16(avail + 4 + 2 * (Int(i) & mask))) & mask)
-            let addr = UInt64(littleEndian: d.loadUnaligned(as: UInt64.self))
+        let bufferEnd = last.advanced(by: min(count / 2, available))
+        i = RingIndex(buffersPrefetched).isAtOrAfter(last) ? RingIndex(buffersPrefetched) : last
+        while bufferEnd.isAtOrAfter(i) && i != bufferEnd {
+            let addr = Descriptor(at: descriptor(i)).address
             if let host = GuestMemory.translate(regions, guestPhysical: addr, length: 1) {
                 if writable { cvh_prefetch_write(host) } else { cvh_prefetch_read(host) }
             }
-            i &+= 1
+            i = i.advanced(by: 1)
         }
-        buffersPrefetched = bufferEnd
+        buffersPrefetched = bufferEnd.value
     }
 
     /// Gives back the last `count` chains taken (used when a receiver runs out of room midway).
@@ -252,35 +260,33 @@ public final class SplitQueue: @unchecked Sendable {
         var count = 0
         defer { segments.count = count }
         while true {
-            let d = table + 16 * index
-            // Each field is read once: the guest may rewrite the descriptor while we look at it.
-            // Unaligned loads: an indirect table may sit at any guest address.
-            let addr = UInt64(littleEndian: d.loadUnaligned(as: UInt64.self))
-            let len = UInt32(littleEndian: d.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
-            let flags = UInt16(littleEndian: d.loadUnaligned(fromByteOffset: 12, as: UInt16.self))
-            let next = UInt16(littleEndian: d.loadUnaligned(fromByteOffset: 14, as: UInt16.self))
+            // Invariant: index < tableSize, and table holds tableSize descriptors inside a mapped
+            // region (the ring's table, or an indirect table translated with its full length).
+            assert(index >= 0 && index < tableSize)
+            let d = Descriptor(at: table + SplitRingLayout.descriptorSize * index)
             visited &+= 1
 
-            if flags & 4 != 0 { // VIRTQ_DESC_F_INDIRECT
+            if d.isIndirect {
                 guard indirectAllowed else { return .failure(.indirectNotNegotiated) }
                 guard !inIndirect else { return .failure(.nestedIndirect) }
-                guard flags & 1 == 0, visited == 1 else { return .failure(.indirectWithNext) }
-                guard len > 0, len % 16 == 0, Int(len / 16) <= size else { return .failure(.badIndirectLength) }
-                guard let t = GuestMemory.translate(regions, guestPhysical: addr, length: UInt64(len)) else {
+                guard !d.hasNext, visited == 1 else { return .failure(.indirectWithNext) }
+                let entries = Int(d.length) / SplitRingLayout.descriptorSize
+                guard d.length > 0, Int(d.length) % SplitRingLayout.descriptorSize == 0, entries <= size else { return .failure(.badIndirectLength) }
+                guard let t = GuestMemory.translate(regions, guestPhysical: d.address, length: UInt64(d.length)) else {
                     return .failure(.indirectOutOfMemory)
                 }
                 table = t
-                tableSize = Int(len / 16)
+                tableSize = entries
                 index = 0
                 visited = 0
                 inIndirect = true
                 continue
             }
-            guard (flags & 2 != 0) == writable else { return .failure(.wrongDirection) } // VIRTQ_DESC_F_WRITE
-            total &+= Int(len)
+            guard d.isWriteOnly == writable else { return .failure(.wrongDirection) }
+            total &+= Int(d.length)
             guard total <= SplitQueue.maxPacketLength || writable else { return .failure(.packetTooLarge) }
-            var gpa = addr
-            var remaining = UInt64(len)
+            var gpa = d.address
+            var remaining = UInt64(d.length)
             while remaining > 0 {
                 guard let (host, n) = GuestMemory.translatePrefix(regions, guestPhysical: gpa, length: remaining) else {
                     return .failure(.outOfMemory)
@@ -291,17 +297,18 @@ public final class SplitQueue: @unchecked Sendable {
                 gpa &+= n
                 remaining &-= n
             }
-            if flags & 1 == 0 { return .success(total) } // no VIRTQ_DESC_F_NEXT
+            if !d.hasNext { return .success(total) }
             guard visited < tableSize else { return .failure(.tooLong) }
-            guard Int(next) < tableSize else { return .failure(.nextOutOfRange) }
-            index = Int(next)
+            guard Int(d.next) < tableSize else { return .failure(.nextOutOfRange) }
+            index = Int(d.next)
         }
     }
 
     /// Writes one used element; it becomes visible to the guest at `publishUsed()`.
     @inline(__always)
     public func addUsed(head: UInt16, length: UInt32) {
-        let e = used! + 4 + 8 * (Int(usedIndex) & mask)
+        assert(isAttached && Int(head) < size, "used element for head \(head) on a ring of \(size)")
+        let e = used! + SplitRingLayout.usedRingOffset + SplitRingLayout.usedElementSize * RingIndex(usedIndex).slot(mask)
         e.storeBytes(of: UInt32(head).littleEndian, as: UInt32.self)
         e.storeBytes(of: length.littleEndian, toByteOffset: 4, as: UInt32.self)
         usedIndex &+= 1
@@ -310,7 +317,7 @@ public final class SplitQueue: @unchecked Sendable {
     /// Makes the used elements written so far visible (store-release of used->idx).
     @inline(__always)
     public func publishUsed() {
-        Self.storeRelease16(used! + 2, usedIndex)
+        Self.storeRelease16(used! + SplitRingLayout.usedIndexOffset, usedIndex)
     }
 
     /// Whether the guest wants an interrupt for what was published since the last call
@@ -320,7 +327,7 @@ public final class SplitQueue: @unchecked Sendable {
         guard let avail else { return false }
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         if eventIndex {
-            let event = Self.load16(avail + 4 + 2 * size)
+            let event = Self.load16(avail + SplitRingLayout.usedEventOffset(size))
             let new = usedIndex
             let old = signalledUsedIndex
             let valid = signalledValid
@@ -329,14 +336,14 @@ public final class SplitQueue: @unchecked Sendable {
             if !valid { return true }
             return UInt16(truncatingIfNeeded: new &- event &- 1) < UInt16(truncatingIfNeeded: new &- old)
         }
-        return Self.load16(avail) & 1 == 0
+        return Self.load16(avail + SplitRingLayout.availFlagsOffset) & SplitRingLayout.availNoInterrupt == 0
     }
 
     /// Asks the guest not to kick (no-op with EVENT_IDX: a stale avail_event already suppresses kicks).
     @inline(__always)
     public func disableKicks() {
         guard let used, !eventIndex else { return }
-        used.storeBytes(of: UInt16(1).littleEndian, as: UInt16.self) // VRING_USED_F_NO_NOTIFY
+        (used + SplitRingLayout.usedFlagsOffset).storeBytes(of: SplitRingLayout.usedNoNotify.littleEndian, as: UInt16.self)
     }
 
     /// Asks the guest to kick on its next post. The caller must re-check `availableCount()`
@@ -345,9 +352,9 @@ public final class SplitQueue: @unchecked Sendable {
     public func enableKicks() {
         guard let used else { return }
         if eventIndex {
-            (used + 4 + 8 * size).storeBytes(of: lastAvailIndex.littleEndian, as: UInt16.self)
+            (used + SplitRingLayout.availEventOffset(size)).storeBytes(of: lastAvailIndex.littleEndian, as: UInt16.self)
         } else {
-            used.storeBytes(of: UInt16(0).littleEndian, as: UInt16.self)
+            (used + SplitRingLayout.usedFlagsOffset).storeBytes(of: UInt16(0).littleEndian, as: UInt16.self)
         }
         atomicMemoryFence(ordering: .sequentiallyConsistent)
     }
