@@ -12,9 +12,11 @@ N=100000
 TAG=$(($$ % 100000))
 
 start_daemon --port "vale0:a=$WORK/a.sock" --port "vale0:b=$WORK/b.sock" || { finish; exit 1; }
-"$PG" -i "vhost-user:$WORK/b.sock" -f rx -n $N -W -w 0 > "$WORK/rx.out" 2> "$WORK/rx.err" & RX=$!
+# Interval lines every 100 ms, and a sender held to 200 kpps (0.5 s): on a fast machine an
+# unlimited run can end before the first interval, and then no interval line is printed.
+"$PG" -i "vhost-user:$WORK/b.sock" -f rx -n $N -W -w 0 -T 100 > "$WORK/rx.out" 2> "$WORK/rx.err" & RX=$!
 sleep 0.5
-timeout 120 "$PG" -i "vhost-user:$WORK/a.sock" -f tx -n $N -w 1 -D 02:00:00:00:00:99 > "$WORK/tx.out" 2> "$WORK/tx.err" || fail "pkt-gen tx: $(tail -1 "$WORK/tx.err")"
+timeout 120 "$PG" -i "vhost-user:$WORK/a.sock" -f tx -n $N -R 200000 -w 1 -D 02:00:00:00:00:99 > "$WORK/tx.out" 2> "$WORK/tx.err" || fail "pkt-gen tx: $(tail -1 "$WORK/tx.err")"
 wait $RX
 sent=$(awk '/^Sent/{print $2}' "$WORK/tx.out"); received=$(awk '/^Received/{print $2}' "$WORK/rx.out")
 dropped=$(port_field vale0:b counters.dropNoRoom)
