@@ -83,8 +83,8 @@ public final class VhostUserPort: PacketPort {
         let features = try frontEnd.negotiate(wanted: version1 | protocolFeatures, protocol: ProtocolFeatures([.replyAck]).rawValue)
         headerLength = features & version1 != 0 ? 12 : 10
         let s = memory.regionSpec
-        try frontEnd.setMemoryTable([MemoryRegionDescription(guestPhysicalAddress: s.guestPhysicalAddress, size: s.size,
-                                                             userAddress: s.userAddress, mmapOffset: 0)],
+        try frontEnd.setMemoryTable([MemoryRegionDescription(guestPhysicalAddress: s.guestPhysicalAddress.value, size: s.size,
+                                                             userAddress: s.userAddress.value, mmapOffset: 0)],
                                     descriptors: [memory.descriptor.rawValue])
         rx = DriverQueue(size: Self.ringSize, memory: memory)
         tx = DriverQueue(size: Self.ringSize, memory: memory)
@@ -102,8 +102,8 @@ public final class VhostUserPort: PacketPort {
         for (i, q) in [rx, tx].enumerated() {
             let a = q.addresses
             try frontEnd.startRing(index: UInt32(i), size: UInt32(Self.ringSize),
-                                   address: VringAddress(index: UInt32(i), flags: 0, descriptorTable: a.descriptorTable,
-                                                         usedRing: a.usedRing, availRing: a.availRing, log: 0),
+                                   address: VringAddress(index: UInt32(i), flags: 0, descriptorTable: a.descriptorTable.value,
+                                                         usedRing: a.usedRing.value, availRing: a.availRing.value, log: 0),
                                    kick: kicks[i].rawValue, call: calls[i].rawValue, enable: true)
         }
         EventFD.signal(kicks[0].rawValue)

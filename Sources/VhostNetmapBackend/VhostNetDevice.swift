@@ -137,7 +137,9 @@ public final class VhostNetDevice: @unchecked Sendable {
             guard a.flags & ~VringAddress.logFlag == 0 else { throw .unknownAddressFlags(a.flags) }
             guard let memory else { throw .noMemoryTable }
             guard v.size != 0 else { throw .ringHasNoSize(a.index) }
-            let addresses = RingAddresses(descriptorTable: a.descriptorTable, availRing: a.availRing, usedRing: a.usedRing)
+            // The wire's ring addresses are the front-end's virtual addresses.
+            let addresses = RingAddresses(descriptorTable: FrontEndAddress(a.descriptorTable), availRing: FrontEndAddress(a.availRing),
+                                          usedRing: FrontEndAddress(a.usedRing))
             try checkLayout(addresses, size: v.size, memory: memory)
             try withDatapathPaused { () throws(Refusal) in
                 v.addresses = addresses
@@ -237,7 +239,8 @@ public final class VhostNetDevice: @unchecked Sendable {
 
     private func setMemoryTable(_ table: MemoryTable, _ descriptors: [OwnedDescriptor]) throws(Refusal) {
         let specs = table.regions.map {
-            GuestRegionSpec(guestPhysicalAddress: $0.guestPhysicalAddress, size: $0.size, userAddress: $0.userAddress, mmapOffset: $0.mmapOffset)
+            GuestRegionSpec(guestPhysicalAddress: GuestPhysicalAddress($0.guestPhysicalAddress), size: $0.size,
+                            userAddress: FrontEndAddress($0.userAddress), mmapOffset: $0.mmapOffset)
         }
         let newMemory: GuestMemory
         do {

@@ -31,13 +31,14 @@ public final class DriverMemory: @unchecked Sendable {
         mapping.base + Int(gpa - guestPhysicalBase)
     }
 
-    public func userAddress(_ gpa: UInt64) -> UInt64 {
-        UInt64(UInt(bitPattern: host(gpa)))
+    /// The front-end's (our) virtual address of guest-physical `gpa`: what ring addresses use.
+    public func userAddress(_ gpa: UInt64) -> FrontEndAddress {
+        FrontEndAddress(UInt64(UInt(bitPattern: host(gpa))))
     }
 
     public var regionSpec: GuestRegionSpec {
-        GuestRegionSpec(guestPhysicalAddress: guestPhysicalBase, size: UInt64(size),
-                        userAddress: UInt64(UInt(bitPattern: mapping.base)), mmapOffset: 0)
+        GuestRegionSpec(guestPhysicalAddress: GuestPhysicalAddress(guestPhysicalBase), size: UInt64(size),
+                        userAddress: FrontEndAddress(UInt64(UInt(bitPattern: mapping.base))), mmapOffset: 0)
     }
 }
 

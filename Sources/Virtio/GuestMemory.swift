@@ -4,11 +4,11 @@ import VhostSystem
 
 /// One region of guest memory as the front-end describes it.
 public struct GuestRegionSpec: Sendable, Equatable {
-    public var guestPhysicalAddress: UInt64
+    public var guestPhysicalAddress: GuestPhysicalAddress
     public var size: UInt64
-    public var userAddress: UInt64
+    public var userAddress: FrontEndAddress
     public var mmapOffset: UInt64
-    public init(guestPhysicalAddress: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64) {
+    public init(guestPhysicalAddress: GuestPhysicalAddress, size: UInt64, userAddress: FrontEndAddress, mmapOffset: UInt64) {
         self.guestPhysicalAddress = guestPhysicalAddress
         self.size = size
         self.userAddress = userAddress
@@ -42,8 +42,8 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
 
 /// A region after mapping. Addresses are half-open [start, start + size).
 public struct MappedRegion: @unchecked Sendable {
-    public let guestPhysicalAddress: UInt64
-    public let userAddress: UInt64
+    public let guestPhysicalAddress: GuestPhysicalAddress
+    public let userAddress: FrontEndAddress
     public let size: UInt64
     public let host: UnsafeMutableRawPointer
 }
@@ -65,8 +65,8 @@ public final class GuestMemory: @unchecked Sendable {
         }
         for (i, s) in specs.enumerated() {
             guard s.size > 0 else { throw .emptyRegion(i) }
-            let (_, o1) = s.guestPhysicalAddress.addingReportingOverflow(s.size)
-            let (_, o2) = s.userAddress.addingReportingOverflow(s.size)
+            let (_, o1) = s.guestPhysicalAddress.value.addingReportingOverflow(s.size)
+            let (_, o2) = s.userAddress.value.addingReportingOverflow(s.size)
             let (end, o3) = s.mmapOffset.addingReportingOverflow(s.size)
             guard !o1, !o2, !o3, end <= UInt64(Int.max) else { throw .addressOverflow(i) }
             let fileSize = (try? Posix.fileSize(descriptors[i].rawValue)) ?? 0
@@ -74,10 +74,11 @@ public final class GuestMemory: @unchecked Sendable {
             guard end <= fileSize else { throw .beyondFileEnd(region: i, needed: end, fileSize: fileSize) }
             for j in 0..<i {
                 let t = specs[j]
-                if s.guestPhysicalAddress < t.guestPhysicalAddress + t.size && t.guestPhysicalAddress < s.guestPhysicalAddress + s.size {
+                let (sg, tg, su, tu) = (s.guestPhysicalAddress.value, t.guestPhysicalAddress.value, s.userAddress.value, t.userAddress.value)
+                if sg < tg + t.size && tg < sg + s.size {
                     throw .overlapping(j, i)
                 }
-                if s.userAddress < t.userAddress + t.size && t.userAddress < s.userAddress + s.size {
+                if su < tu + t.size && tu < su + s.size {
                     throw .overlapping(j, i)
                 }
             }
@@ -109,17 +110,17 @@ public final class GuestMemory: @unchecked Sendable {
 
     /// Host address of [gpa, gpa + length) when it lies inside one region; nil otherwise.
     @inline(__always)
-    public func translate(guestPhysical gpa: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
+    public func translate(guestPhysical gpa: GuestPhysicalAddress, length: UInt64) -> UnsafeMutableRawPointer? {
         GuestMemory.translate(regions, guestPhysical: gpa, length: length)
     }
 
     /// The same over a region table held without a reference to its owner (the data path keeps
     /// one per ring, valid while the ring holds the `GuestMemory`).
     @inline(__always)
-    public static func translate(_ regions: UnsafeMutableBufferPointer<MappedRegion>, guestPhysical gpa: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
+    public static func translate(_ regions: UnsafeMutableBufferPointer<MappedRegion>, guestPhysical gpa: GuestPhysicalAddress, length: UInt64) -> UnsafeMutableRawPointer? {
         for i in 0..<regions.count {
             let r = regions[i]
-            let off = gpa &- r.guestPhysicalAddress
+            let off = gpa.value &- r.guestPhysicalAddress.value
             if gpa >= r.guestPhysicalAddress && off < r.size && length <= r.size &- off {
                 return r.host + Int(truncatingIfNeeded: off)
             }
@@ -128,9 +129,9 @@ public final class GuestMemory: @unchecked Sendable {
     }
 
     /// Host address of a front-end (QEMU) virtual address range inside one region (ring addresses).
-    public func translate(userAddress uva: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
+    public func translate(userAddress uva: FrontEndAddress, length: UInt64) -> UnsafeMutableRawPointer? {
         for r in regions {
-            let off = uva &- r.userAddress
+            let off = uva.value &- r.userAddress.value
             if uva >= r.userAddress && off < r.size && length <= r.size &- off {
                 return r.host + Int(truncatingIfNeeded: off)
             }
@@ -141,15 +142,15 @@ public final class GuestMemory: @unchecked Sendable {
     /// The longest prefix of [gpa, gpa + length) inside one region: (host, bytes), or nil.
     /// Used to split a buffer that spans two regions.
     @inline(__always)
-    public func translatePrefix(guestPhysical gpa: UInt64, length: UInt64) -> (UnsafeMutableRawPointer, UInt64)? {
+    public func translatePrefix(guestPhysical gpa: GuestPhysicalAddress, length: UInt64) -> (UnsafeMutableRawPointer, UInt64)? {
         GuestMemory.translatePrefix(regions, guestPhysical: gpa, length: length)
     }
 
     @inline(__always)
-    public static func translatePrefix(_ regions: UnsafeMutableBufferPointer<MappedRegion>, guestPhysical gpa: UInt64, length: UInt64) -> (UnsafeMutableRawPointer, UInt64)? {
+    public static func translatePrefix(_ regions: UnsafeMutableBufferPointer<MappedRegion>, guestPhysical gpa: GuestPhysicalAddress, length: UInt64) -> (UnsafeMutableRawPointer, UInt64)? {
         for i in 0..<regions.count {
             let r = regions[i]
-            let off = gpa &- r.guestPhysicalAddress
+            let off = gpa.value &- r.guestPhysicalAddress.value
             if gpa >= r.guestPhysicalAddress && off < r.size {
                 return (r.host + Int(truncatingIfNeeded: off), min(length, r.size &- off))
             }

@@ -18,10 +18,10 @@ public enum ChainError: Error, Equatable, Sendable {
 
 /// Ring addresses as the front-end gives them (its own virtual addresses).
 public struct RingAddresses: Equatable, Sendable {
-    public var descriptorTable: UInt64
-    public var availRing: UInt64
-    public var usedRing: UInt64
-    public init(descriptorTable: UInt64, availRing: UInt64, usedRing: UInt64) {
+    public var descriptorTable: FrontEndAddress
+    public var availRing: FrontEndAddress
+    public var usedRing: FrontEndAddress
+    public init(descriptorTable: FrontEndAddress, availRing: FrontEndAddress, usedRing: FrontEndAddress) {
         self.descriptorTable = descriptorTable
         self.availRing = availRing
         self.usedRing = usedRing
@@ -294,7 +294,7 @@ public final class SplitQueue: @unchecked Sendable {
                 guard count < capacity else { return .failure(.tooManySegments) }
                 storage[count] = Segment(base: host, length: Int(n))
                 count &+= 1
-                gpa &+= n
+                gpa.value &+= n
                 remaining &-= n
             }
             if !d.hasNext { return .success(total) }

@@ -36,9 +36,9 @@ public enum SplitRingLayout {
     /// alignment. `SplitQueue.attach` then checks that each part lies inside guest memory.
     public static func check(size: UInt32, addresses a: RingAddresses) throws(RingSetupError) {
         guard size >= 1, size <= UInt32(SplitQueue.maxSize), size & (size - 1) == 0 else { throw .badSize(size) }
-        guard a.descriptorTable % descriptorTableAlignment == 0 else { throw .misaligned("descriptor table") }
-        guard a.availRing % availAlignment == 0 else { throw .misaligned("avail ring") }
-        guard a.usedRing % usedAlignment == 0 else { throw .misaligned("used ring") }
+        guard a.descriptorTable.value % descriptorTableAlignment == 0 else { throw .misaligned("descriptor table") }
+        guard a.availRing.value % availAlignment == 0 else { throw .misaligned("avail ring") }
+        guard a.usedRing.value % usedAlignment == 0 else { throw .misaligned("used ring") }
     }
 }
 
@@ -54,8 +54,7 @@ public struct DescriptorFlags: OptionSet, Sendable {
 /// One descriptor, read once from guest memory: the guest may rewrite it while we look, so every
 /// decision is made on this copy.
 public struct Descriptor: Sendable {
-    /// A guest-physical address.
-    public let address: UInt64
+    public let address: GuestPhysicalAddress
     public let length: UInt32
     public let flags: DescriptorFlags
     public let next: UInt16
@@ -69,7 +68,7 @@ public struct Descriptor: Sendable {
     /// region (a table translated with its full length).
     @inline(__always)
     public init(at p: UnsafeRawPointer) {
-        address = UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
+        address = GuestPhysicalAddress(UInt64(littleEndian: p.loadUnaligned(as: UInt64.self)))
         length = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
         flags = DescriptorFlags(rawValue: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt16.self)))
         next = UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 14, as: UInt16.self))

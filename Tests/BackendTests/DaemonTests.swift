@@ -27,14 +27,14 @@ final class SocketGuest {
     func start(queueSize: Int = 256, wanted: UInt64 = ~0) throws {
         features = try frontEnd.negotiate(wanted: wanted, protocol: ProtocolFeatures([.mq, .replyAck, .rarp, .mtu]).rawValue)
         let s = memory.regionSpec
-        try frontEnd.setMemoryTable([MemoryRegionDescription(guestPhysicalAddress: s.guestPhysicalAddress, size: s.size,
-                                                             userAddress: s.userAddress, mmapOffset: 0)], descriptors: [memory.descriptor.rawValue])
+        try frontEnd.setMemoryTable([MemoryRegionDescription(guestPhysicalAddress: s.guestPhysicalAddress.value, size: s.size,
+                                                             userAddress: s.userAddress.value, mmapOffset: 0)], descriptors: [memory.descriptor.rawValue])
         rx = DriverQueue(size: queueSize, memory: memory)
         tx = DriverQueue(size: queueSize, memory: memory)
         for (i, q) in [rx!, tx!].enumerated() {
             let a = q.addresses
             try frontEnd.startRing(index: UInt32(i), size: UInt32(queueSize),
-                                   address: VringAddress(index: UInt32(i), flags: 0, descriptorTable: a.descriptorTable, usedRing: a.usedRing, availRing: a.availRing, log: 0),
+                                   address: VringAddress(index: UInt32(i), flags: 0, descriptorTable: a.descriptorTable.value, usedRing: a.usedRing.value, availRing: a.availRing.value, log: 0),
                                    kick: kicks[i].rawValue, call: calls[i].rawValue, enable: true)
         }
     }

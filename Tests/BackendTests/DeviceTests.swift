@@ -182,7 +182,7 @@ import Virtio
         let k = try EventFD.make()
         let a2 = r.addresses
         try b.handle(message(.setVringNum, VringState(index: 0, num: 64).encoded()))
-        try b.handle(message(.setVringAddr, VringAddress(index: 0, flags: 0, descriptorTable: a2.descriptorTable, usedRing: a2.usedRing, availRing: a2.availRing, log: 0).encoded()))
+        try b.handle(message(.setVringAddr, VringAddress(index: 0, flags: 0, descriptorTable: a2.descriptorTable.value, usedRing: a2.usedRing.value, availRing: a2.availRing.value, log: 0).encoded()))
         try b.handle(message(.setVringKick, u64(0), fds: [k]))
         #expect(throws: ProtocolError.self) { try b.handle(message(.setVringEnable, VringState(index: 0, num: 1).encoded())) }
         b.postReceiveBuffers(4)

@@ -46,7 +46,7 @@ import Virtio
     @Test func outOfOrderMessagesAreRefused() throws {
         let q = DriverQueue(size: 64, memory: victim.memory)
         let a = q.addresses
-        let addr = VringAddress(index: 0, flags: 0, descriptorTable: a.descriptorTable, usedRing: a.usedRing, availRing: a.availRing, log: 0)
+        let addr = VringAddress(index: 0, flags: 0, descriptorTable: a.descriptorTable.value, usedRing: a.usedRing.value, availRing: a.availRing.value, log: 0)
         // Ring address before any memory table.
         try victim.handle(message(.setVringNum, VringState(index: 0, num: 64).encoded()))
         refused(message(.setVringAddr, addr.encoded()), by: .refused(.setVringAddr, .noMemoryTable))
@@ -91,7 +91,7 @@ import Virtio
         try victim.start()
         try victim.handle(message(.getVringBase, VringState(index: 0, num: 0).encoded()))
         try victim.handle(message(.setVringNum, VringState(index: 0, num: 256).encoded()))
-        let base = victim.memory.userAddress(0)
+        let base = victim.memory.userAddress(0).value
         let end = base + UInt64(victim.memory.size)
         for (d, av, u) in [(end - 16, base, base), (base, end, base), (base, base, end - 8), (0, base, base),
                            (UInt64.max - 15, base, base), (base + 8, base, base), (base, base + 1, base), (base, base, base + 2)] {
@@ -163,7 +163,7 @@ import Virtio
                                                 .setVringAddr, .setVringBase, .getVringBase, .setVringKick, .setVringCall, .setVringErr,
                                                 .getProtocolFeatures, .setProtocolFeatures, .getQueueNum, .setVringEnable, .sendRARP,
                                                 .netSetMTU, .setLogBase, .getConfig, .setStatus]
-            let base = victim.memory.userAddress(0)
+            let base = victim.memory.userAddress(0).value
             var handled = 0
             for _ in 0..<3000 {
                 let r = requests.randomElement(using: &rng)!

@@ -67,7 +67,7 @@ final class TestGuest {
 
     var region: MemoryRegionDescription {
         let s = memory.regionSpec
-        return MemoryRegionDescription(guestPhysicalAddress: s.guestPhysicalAddress, size: s.size, userAddress: s.userAddress, mmapOffset: s.mmapOffset)
+        return MemoryRegionDescription(guestPhysicalAddress: s.guestPhysicalAddress.value, size: s.size, userAddress: s.userAddress.value, mmapOffset: s.mmapOffset)
     }
 
     func startRing(_ index: Int, _ q: DriverQueue) throws {
@@ -78,8 +78,8 @@ final class TestGuest {
         let a = q.addresses
         try handle(message(.setVringNum, VringState(index: UInt32(index), num: UInt32(q.size)).encoded()))
         try handle(message(.setVringBase, VringState(index: UInt32(index), num: 0).encoded()))
-        try handle(message(.setVringAddr, VringAddress(index: UInt32(index), flags: 0, descriptorTable: a.descriptorTable,
-                                                       usedRing: a.usedRing, availRing: a.availRing, log: 0).encoded()))
+        try handle(message(.setVringAddr, VringAddress(index: UInt32(index), flags: 0, descriptorTable: a.descriptorTable.value,
+                                                       usedRing: a.usedRing.value, availRing: a.availRing.value, log: 0).encoded()))
         try handle(message(.setVringCall, u64(UInt64(index)), fds: [call]))
         try handle(message(.setVringKick, u64(UInt64(index)), fds: [kick]))
         try handle(message(.setVringEnable, VringState(index: UInt32(index), num: 1).encoded()))

@@ -35,22 +35,22 @@ final class RingPair {
         let guest = try GuestMemory(specs: [memory.regionSpec], descriptors: [memory.descriptor])
         let q = SplitQueue(index: 0)
         let base = UInt64(UInt(bitPattern: memory.mapping.base))
-        let good = RingAddresses(descriptorTable: base, availRing: base + 4096, usedRing: base + 8192)
+        let good = RingAddresses(descriptorTable: FrontEndAddress(base), availRing: FrontEndAddress(base + 4096), usedRing: FrontEndAddress(base + 8192))
         try q.attach(size: 256, addresses: good, memory: guest)
         for size: UInt32 in [0, 3, 100, 65536, .max] {
             #expect(throws: RingSetupError.badSize(size)) { try q.attach(size: size, addresses: good, memory: guest) }
         }
         var a = good
-        a.descriptorTable += 8
+        a.descriptorTable.value += 8
         #expect(throws: RingSetupError.misaligned("descriptor table")) { try q.attach(size: 256, addresses: a, memory: guest) }
         a = good
-        a.availRing += 1
+        a.availRing.value += 1
         #expect(throws: RingSetupError.misaligned("avail ring")) { try q.attach(size: 256, addresses: a, memory: guest) }
         a = good
-        a.usedRing += 2
+        a.usedRing.value += 2
         #expect(throws: RingSetupError.misaligned("used ring")) { try q.attach(size: 256, addresses: a, memory: guest) }
         a = good
-        a.usedRing = base + UInt64(memory.size) - 16 // used ring runs off the end
+        a.usedRing = FrontEndAddress(base + UInt64(memory.size) - 16) // used ring runs off the end
         #expect(throws: RingSetupError.notInGuestMemory("used ring")) { try q.attach(size: 256, addresses: a, memory: guest) }
         a = good
         a.descriptorTable = 0x10 // a guest-physical address is not a front-end address
@@ -74,7 +74,7 @@ final class RingPair {
                 guard case .chain(let head, let length) = c else { Issue.record("bad chain \(c)"); return }
                 #expect(length == 60)
                 #expect(r.segments.count == 1)
-                #expect(r.segments.storage[0].base == r.guest.translate(guestPhysical: buffer + UInt64((seen % 7) * 64), length: 60))
+                #expect(r.segments.storage[0].base == r.guest.translate(guestPhysical: GuestPhysicalAddress(buffer + UInt64((seen % 7) * 64)), length: 60))
                 r.device.addUsed(head: head, length: UInt32(round))
                 seen += 1
             }
@@ -110,8 +110,8 @@ final class RingPair {
         let memory = try DriverMemory(size: 1 << 20)
         let base = UInt64(UInt(bitPattern: memory.mapping.base))
         let guest = try GuestMemory(specs: [
-            GuestRegionSpec(guestPhysicalAddress: 0, size: 1 << 19, userAddress: base, mmapOffset: 0),
-            GuestRegionSpec(guestPhysicalAddress: 1 << 19, size: 1 << 19, userAddress: base + (1 << 19), mmapOffset: 1 << 19),
+            GuestRegionSpec(guestPhysicalAddress: 0, size: 1 << 19, userAddress: FrontEndAddress(base), mmapOffset: 0),
+            GuestRegionSpec(guestPhysicalAddress: GuestPhysicalAddress(1 << 19), size: 1 << 19, userAddress: FrontEndAddress(base + (1 << 19)), mmapOffset: 1 << 19),
         ], descriptors: [memory.descriptor, memory.descriptor])
         let driver = DriverQueue(size: 8, memory: memory)
         let q = SplitQueue(index: 1)
