@@ -32,8 +32,8 @@ struct Vale: ParsableCommand {
     @Flag(name: .customShort("l"), help: "List ports.") var list = false
     @Argument(help: "For -l: a switch or port to list.") var listName: String?
     @Option(name: .customLong("switch"), help: "auto, kernel or embedded.") var switchMode: SwitchMode = .auto
-    @Option(name: .customLong("control"), help: "The daemon's control socket (embedded switch).")
-    var control: String = "/run/vhost-netmap/control.sock"
+    /// The daemon's control socket (embedded switch).
+    @OptionGroup var control: ControlSocketOption
 
     func run() throws {
         let kernel: Bool
@@ -81,9 +81,9 @@ struct Vale: ParsableCommand {
         else { throw ValidationError("-n, -r, -p and -P need the netmap kernel module (the embedded switch has no persistent interfaces or polling threads)") }
         let answer: String
         do {
-            answer = String(decoding: try ControlClient.request(command, socket: control), as: UTF8.self)
+            answer = String(decoding: try ControlClient.request(command, socket: control.path), as: UTF8.self)
         } catch {
-            throw ValidationError("cannot reach the daemon at \(control): \(error)")
+            throw ValidationError("cannot reach the daemon at \(control.path): \(error)")
         }
         if answer.hasPrefix("error:") {
             FileHandle.standardError.write(Data(answer.utf8))

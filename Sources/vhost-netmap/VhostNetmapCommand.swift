@@ -58,7 +58,7 @@ struct Serve: ParsableCommand {
     var switchMode: SwitchMode = .auto
 
     @Option(name: .customLong("control"), help: "Control socket for 'vhost-netmap stats' (empty to disable).")
-    var control: String = "/run/vhost-netmap/control.sock"
+    var control: String = ControlSocketOption.defaultPath
 
     @Option(name: .customLong("netmap-sync"), help: "Kernel mode: sync netmap rings by ioctl per batch, or through netmap's sync kernel loop (CSB + eventfds); a port's sync= overrides it.")
     var netmapSync: NetmapSyncMode = .ioctl
@@ -131,22 +131,28 @@ func controlRequest(_ command: String, control: String) throws {
     }
 }
 
+/// The running daemon's control socket, for the commands that talk to it.
+struct ControlSocketOption: ParsableArguments {
+    static let defaultPath = "/run/vhost-netmap/control.sock"
+
+    @Option(name: .customLong("control"), help: "The daemon's control socket.")
+    var path: String = ControlSocketOption.defaultPath
+}
+
 struct Stats: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print the running daemon's per-port counters (JSON).")
 
-    @Option(name: .customLong("control"), help: "The daemon's control socket.")
-    var control: String = "/run/vhost-netmap/control.sock"
+    @OptionGroup var control: ControlSocketOption
 
-    func run() throws { try controlRequest("stats", control: control) }
+    func run() throws { try controlRequest("stats", control: control.path) }
 }
 
 struct ForwardingTable: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "fdb", abstract: "Print the switches' learned MAC addresses (JSON).")
 
-    @Option(name: .customLong("control"), help: "The daemon's control socket.")
-    var control: String = "/run/vhost-netmap/control.sock"
+    @OptionGroup var control: ControlSocketOption
 
-    func run() throws { try controlRequest("fdb", control: control) }
+    func run() throws { try controlRequest("fdb", control: control.path) }
 }
 
 struct QemuArgs: ParsableCommand {
