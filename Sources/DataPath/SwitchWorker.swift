@@ -29,7 +29,9 @@ public final class SwitchWorker: @unchecked Sendable {
         self.vale = vale
         self.busyPoll = busyPoll
         self.cpu = cpu
-        self.logger = logger
+        var workerLogger = logger
+        workerLogger[metadataKey: "switch"] = "\(vale.name)"
+        self.logger = workerLogger
         wake = try EventFD.make()
     }
 
@@ -62,13 +64,13 @@ public final class SwitchWorker: @unchecked Sendable {
     private func run() {
         Posix.setThreadName("vale-\(vale.name)")
         if let cpu, !Posix.pinThread(toCPU: cpu) {
-            logger.warning("switch \(vale.name): could not pin worker to CPU \(cpu)")
+            logger.warning("could not pin worker to CPU \(cpu)")
         }
         let ring: IOURing
         do {
             ring = try IOURing(entries: 512)
         } catch {
-            logger.critical("switch \(vale.name): io_uring unavailable for the worker: \(error)")
+            logger.critical("io_uring unavailable for the worker: \(error)")
             return
         }
         var sources = WakeTable(control: wake.rawValue, sink: kickSink)
@@ -107,7 +109,7 @@ public final class SwitchWorker: @unchecked Sendable {
                     fired.append(source)
                 } else if c.result != -ECANCELED {
                     // Not re-armed: a source that fails once would fail in a tight loop.
-                    logger.error("switch \(vale.name): wake-up \(source) failed: \(Errno(rawValue: -c.result)); it is no longer watched")
+                    logger.error("wake-up \(source) failed: \(Errno(rawValue: -c.result)); it is no longer watched")
                 }
             }
             vale.lock.withLock { _ in

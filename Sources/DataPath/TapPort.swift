@@ -53,7 +53,9 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
     public init(name: String, queues queueCount: Int, mtu: Int?, logger: Logger) throws {
         self.name = name
         self.queueCount = queueCount
-        self.logger = logger
+        var portLogger = logger
+        portLogger[metadataKey: "hostPort"] = "\(name)"
+        self.logger = portLogger
         let existed = Tap.exists(name)
         do {
             queues = try Tap.open(name: name, queues: queueCount)
@@ -98,7 +100,7 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
             for b in 0..<Self.receiveDepth { queueRead(queue: q, buffer: q * Self.receiveDepth + b) }
         }
         receiveRing.submit()
-        logger.info("host port \(name): \(existed ? "attached to existing" : "created") tap, \(queueCount) queue(s), 12-byte virtio-net header\(mtu.map { ", MTU \($0)" } ?? "")")
+        logger.info("\(existed ? "attached to existing" : "created") tap, \(queueCount) queue(s), 12-byte virtio-net header\(mtu.map { ", MTU \($0)" } ?? "")")
     }
 
     deinit {
@@ -129,10 +131,10 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
         guard wanted != offloads else { return }
         do {
             try Tap.setOffloads(queues[0].rawValue, wanted)
-            logger.info("host port \(name): offloads \(wanted)")
+            logger.info("offloads \(wanted)")
             offloads = wanted
         } catch {
-            logger.warning("host port \(name): TUNSETOFFLOAD \(wanted) failed: \(error)")
+            logger.warning("TUNSETOFFLOAD \(wanted) failed: \(error)")
         }
     }
 
@@ -157,7 +159,7 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
                 // A queue whose reads fail (the tap was deleted, or detached) is not re-armed,
                 // so it cannot spin; the log says so once.
                 if failedQueues.insert(queue).inserted {
-                    logger.error("host port \(name): read on queue \(queue) failed: \(Errno(rawValue: -c.result)); queue stopped")
+                    logger.error("read on queue \(queue) failed: \(Errno(rawValue: -c.result)); queue stopped")
                 }
                 return
             }
@@ -203,7 +205,7 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
             if c.result == -EIO {
                 writesWhileDown &+= 1
             } else if c.result < 0 {
-                if writeErrors == 0 { logger.warning("host port \(name): write refused: \(Errno(rawValue: -c.result)) (counted in writeErrors)") }
+                if writeErrors == 0 { logger.warning("write refused: \(Errno(rawValue: -c.result)) (counted in writeErrors)") }
                 writeErrors &+= 1
             }
             freeTransmit[freeTransmitCount] = Int32(truncatingIfNeeded: c.userData)

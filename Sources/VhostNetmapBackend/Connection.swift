@@ -14,7 +14,7 @@ final class Connection {
     init(socket: OwnedDescriptor, device: VhostNetDevice, logger: Logger) {
         self.socket = socket
         self.device = device
-        self.logger = logger
+        self.logger = device.logger  // with the device's port metadata
     }
 
     enum Outcome { case open, closed(String) }
@@ -51,10 +51,10 @@ final class Connection {
             case .none:
                 if ackWanted { try send(MessageReader.reply(to: m.header.request, payload: ack(0))) }
             }
-            logger.trace("\(device.name): \(m.request) ok")
+            logger.trace("\(m.request) ok")
             return .open
         } catch let e as ProtocolError {
-            logger.warning("\(device.name): refused \(e)")
+            logger.warning("refused \(e)")
             if ackWanted {
                 do { try send(MessageReader.reply(to: m.header.request, payload: ack(1))) } catch {
                     return .closed("reply failed: \(error)")

@@ -127,7 +127,7 @@ final class FrontEndSupervisor {
         if let fd = e.spec.inheritedDescriptor {
             attach(OwnedDescriptor(adopting: fd), to: e)
         } else if let l = e.listener {
-            logger.info("\(e.spec.fullName): listening on \(e.spec.socketPath!) (\(e.spec.queuePairs) queue pair(s))")
+            e.device.logger.info("listening on \(e.spec.socketPath!) (\(e.spec.queuePairs) queue pair(s))")
             e.listenerWatch = loop.acceptRepeatedly(on: l.rawValue, what: e.spec.fullName, logger: logger) { [unowned self] in acceptFrontEnd($0, for: e) }
         } else {
             connect(e)
@@ -136,7 +136,7 @@ final class FrontEndSupervisor {
 
     private func acceptFrontEnd(_ socket: OwnedDescriptor, for e: Endpoint) {
         if e.connection != nil {
-            logger.warning("\(e.spec.fullName): refused a second front-end while one is connected")
+            e.device.logger.warning("refused a second front-end while one is connected")
             return
         }
         attach(socket, to: e)
@@ -151,7 +151,7 @@ final class FrontEndSupervisor {
         } catch {
             e.backoff = e.backoff == 0 ? reconnectInitial : min(e.backoff * 2, reconnectMax)
             if e.connects == 0 || e.backoff == reconnectMax {
-                logger.info("\(e.spec.fullName): connecting to \(path) failed (\(error)); retrying in \(e.backoff / 1_000_000) ms")
+                e.device.logger.info("connecting to \(path) failed (\(error)); retrying in \(e.backoff / 1_000_000) ms")
             }
             e.reconnectTimer = loop.after(nanoseconds: e.backoff) { [unowned self] in connect(e) }
         }
@@ -162,7 +162,7 @@ final class FrontEndSupervisor {
         let c = Connection(socket: socket, device: e.device, logger: logger)
         e.connection = c
         e.connects += 1
-        logger.info("\(e.spec.fullName): front-end connected")
+        e.device.logger.info("front-end connected")
         e.connectionWatch = loop.receiveMessages(on: socket.rawValue, capacity: MessageHeader.byteCount + MessageFraming.maxPayload,
                                                  maxDescriptors: MemoryTable.maxRegions, firstLength: c.wantedLength) { [unowned self] received in
             let outcome = c.consume(received)
@@ -178,13 +178,13 @@ final class FrontEndSupervisor {
     }
 
     private func disconnect(_ e: Endpoint, why: String) {
-        logger.info("\(e.spec.fullName): front-end disconnected: \(why)")
+        e.device.logger.info("front-end disconnected: \(why)")
         e.connection = nil
         e.connectionWatch = nil
         e.device.reset(reason: "disconnect")
         deviceChanged(e)
         if e.spec.inheritedDescriptor != nil {
-            logger.notice("\(e.spec.fullName): inherited connection closed: stopping")
+            e.device.logger.notice("inherited connection closed: stopping")
             inheritedConnectionClosed()
         } else if e.spec.mode == .client {
             e.backoff = reconnectInitial

@@ -192,14 +192,16 @@ final class Topology {
         } catch {
             throw DaemonError.startup("\(label): cannot open netmap port \(name.kernelName): \(error)")
         }
+        var logger = logger
+        logger[metadataKey: "port"] = "\(label)"
         if opened.headerLength == 0 {
-            logger.notice("\(label): netmap port \(name.kernelName) takes no virtio-net header: frames needing checksum or TSO offloads are dropped there")
+            logger.notice("netmap port \(name.kernelName) takes no virtio-net header: frames needing checksum or TSO offloads are dropped there")
         }
         let vale = VALESwitch(name: label)
         let worker = try addSwitch(vale)
         let index = try vale.lock.withLock { _ throws(SwitchError) in try vale.attach(opened.port, named: "netmap") }
         kernelBindings.append(KernelBinding(opened: opened, index: index, vale: vale))
-        logger.info("\(label): on netmap port \(name.kernelName) (memory id \(opened.memoryID), \(opened.headerLength)-byte header, \(opened.sync == .kloop ? "synced by netmap's kernel loop" : "synced by ioctl"))")
+        logger.info("on netmap port \(name.kernelName) (memory id \(opened.memoryID), \(opened.headerLength)-byte header, \(opened.sync == .kloop ? "synced by netmap's kernel loop" : "synced by ioctl"))")
         return (vale, worker)
     }
 

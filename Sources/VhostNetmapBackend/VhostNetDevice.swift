@@ -37,7 +37,8 @@ public final class VhostNetDevice: @unchecked Sendable {
     let vale: VALESwitch
     let port: VirtioNetPort
     public private(set) var portIndex: Int = -1
-    private let logger: Logger
+    /// Carries the device's name as `port` metadata.
+    let logger: Logger
     private let wakeWorker: () -> Void
 
     private var vrings: [Vring]
@@ -56,13 +57,14 @@ public final class VhostNetDevice: @unchecked Sendable {
         self.name = name
         self.queuePairs = queuePairs
         self.vale = vale
-        self.logger = logger
+        var deviceLogger = logger
+        deviceLogger[metadataKey: "port"] = "\(name)"
+        self.logger = deviceLogger
         self.wakeWorker = wakeWorker
         vrings = (0..<(2 * queuePairs)).map { _ in Vring() }
-        let log = logger
-        let deviceName = name
+        let log = deviceLogger
         port = VirtioNetPort(queueCount: 2 * queuePairs) { q in
-            log.error("\(deviceName): ring \(q.index) broken: \(q.brokenReason ?? "?"); it stays stopped until the front-end resets it")
+            log.error("ring \(q.index) broken: \(q.brokenReason ?? "?"); it stays stopped until the front-end resets it")
         }
         let portName = name.split(separator: ":", maxSplits: 1).last.map(String.init) ?? name
         let p = port
@@ -167,7 +169,7 @@ public final class VhostNetDevice: @unchecked Sendable {
                 v.started = true
                 try attach(p.index)
             }
-            logger.info("\(name): ring \(p.index) started (size \(v.size), base \(v.base)\(p.noDescriptor ? ", polled" : ""))")
+            logger.info("ring \(p.index) started (size \(v.size), base \(v.base)\(p.noDescriptor ? ", polled" : ""))")
         case .setVringCall(let p, let descriptor):
             let v = try vring(p.index)
             let fd = try eventDescriptor(descriptor)
@@ -184,7 +186,7 @@ public final class VhostNetDevice: @unchecked Sendable {
         case .sendRARP(let mac):
             guard protocolFeatures.contains(.rarp) else { throw .notNegotiated(.rarp) }
             withDatapathPaused { port.pendingAnnouncement = mac }
-            logger.info("\(name): RARP announcement for \(mac.map { String($0, radix: 16) }.joined(separator: ":"))")
+            logger.info("RARP announcement for \(mac.map { String($0, radix: 16) }.joined(separator: ":"))")
         case .netSetMTU(let value):
             guard protocolFeatures.contains(.mtu) else { throw .notNegotiated(.mtu) }
             guard value >= 68 && value <= 65535 else { throw .mtuOutOfRange(value) }
@@ -234,7 +236,7 @@ public final class VhostNetDevice: @unchecked Sendable {
                 for v in vrings { v.enabled = true }
             }
         }
-        logger.info("\(name): features \(f) (header \(f.netHeaderLength) bytes\(f.contains(.netMergeableRxBuffers) ? ", mergeable RX" : ""))")
+        logger.info("features \(f) (header \(f.netHeaderLength) bytes\(f.contains(.netMergeableRxBuffers) ? ", mergeable RX" : ""))")
     }
 
     private func setMemoryTable(_ table: MemoryTable, _ descriptors: [OwnedDescriptor]) throws(Refusal) {
@@ -260,7 +262,7 @@ public final class VhostNetDevice: @unchecked Sendable {
                 try attach(UInt32(i))
             }
         }
-        logger.info("\(name): memory table with \(specs.count) region(s), \(newMemory.totalSize >> 20) MiB")
+        logger.info("memory table with \(specs.count) region(s), \(newMemory.totalSize >> 20) MiB")
     }
 
     /// Attaches the ring's queue to memory (datapath paused by the caller).
@@ -294,7 +296,7 @@ public final class VhostNetDevice: @unchecked Sendable {
             v.kickPolled = false
             v.base = base
         }
-        logger.info("\(name): ring \(index) stopped at \(base)")
+        logger.info("ring \(index) stopped at \(base)")
         return base
     }
 
@@ -316,7 +318,7 @@ public final class VhostNetDevice: @unchecked Sendable {
             port.pendingAnnouncement = nil
             vale.learning.forget(port: portIndex)
         }
-        logger.info("\(name): reset (\(reason))")
+        logger.info("reset (\(reason))")
     }
 
     /// Runs `body` with the switch worker paused (switch lock held), then republishes what the
