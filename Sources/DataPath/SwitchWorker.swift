@@ -29,9 +29,7 @@ public final class SwitchWorker: @unchecked Sendable {
         self.vale = vale
         self.busyPoll = busyPoll
         self.cpu = cpu
-        var workerLogger = logger
-        workerLogger[metadataKey: "switch"] = "\(vale.name)"
-        self.logger = workerLogger
+        self.logger = logger.with("switch", vale.name)
         wake = try EventFD.make()
     }
 

@@ -53,9 +53,7 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
     public init(name: String, queues queueCount: Int, mtu: Int?, logger: Logger) throws {
         self.name = name
         self.queueCount = queueCount
-        var portLogger = logger
-        portLogger[metadataKey: "hostPort"] = "\(name)"
-        self.logger = portLogger
+        self.logger = logger.with("hostPort", name)
         let existed = Tap.exists(name)
         do {
             queues = try Tap.open(name: name, queues: queueCount)

@@ -192,8 +192,7 @@ final class Topology {
         } catch {
             throw DaemonError.startup("\(label): cannot open netmap port \(name.kernelName): \(error)")
         }
-        var logger = logger
-        logger[metadataKey: "port"] = "\(label)"
+        let logger = logger.with("port", label)
         if opened.headerLength == 0 {
             logger.notice("netmap port \(name.kernelName) takes no virtio-net header: frames needing checksum or TSO offloads are dropped there")
         }

@@ -57,8 +57,7 @@ public final class VhostNetDevice: @unchecked Sendable {
         self.name = name
         self.queuePairs = queuePairs
         self.vale = vale
-        var deviceLogger = logger
-        deviceLogger[metadataKey: "port"] = "\(name)"
+        let deviceLogger = logger.with("port", name)
         self.logger = deviceLogger
         self.wakeWorker = wakeWorker
         vrings = (0..<(2 * queuePairs)).map { _ in Vring() }
