@@ -38,7 +38,7 @@ public final class ControlBlock: @unchecked Sendable {
         UnsafeMutableRawPointer(ktoa).deallocate()
     }
 
-    // The kernel's side, for tests that play it (and the start-up check below).
+    // The kernel's side of the CSB, for tests that play the kernel.
     public func application(_ i: Int) -> (head: UInt32, cur: UInt32, needsKick: UInt32) {
         (atok[i].head, atok[i].cur, atok[i].appl_need_kick)
     }
