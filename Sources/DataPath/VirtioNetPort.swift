@@ -296,7 +296,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
 
     @inline(__always)
     private func writeHeader(_ header: VirtioNetHeader, length: Int, into writer: inout SegmentWriter) {
-        let first = writer.segments[0]
+        let first = writer.first
         if first.length >= length {
             header.store(to: first.base, length: length)
             _ = writer.skip(length)
