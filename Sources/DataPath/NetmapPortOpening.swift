@@ -15,7 +15,6 @@ extension NetmapRegistration {
 public struct OpenedNetmapPort {
     public let name: NetmapPortName
     public let port: NetmapKernelPort
-    public let headerLength: Int
     public let memoryID: UInt16
     public let sync: NetmapSyncMode
     /// The kernel loop syncing the port (kloop mode), for its state.
@@ -23,11 +22,13 @@ public struct OpenedNetmapPort {
     /// What keeps the binding alive (the registration: descriptor, mapping, kernel loop).
     public let owner: AnyObject
 
-    public init(name: NetmapPortName, port: NetmapKernelPort, headerLength: Int, memoryID: UInt16, sync: NetmapSyncMode = .ioctl,
+    /// The virtio-net header length the port's frames carry (0, 10 or 12), as registered.
+    public var headerLength: Int { port.headerLength }
+
+    public init(name: NetmapPortName, port: NetmapKernelPort, memoryID: UInt16, sync: NetmapSyncMode = .ioctl,
                 kernelLoop: KernelLoop? = nil, owner: AnyObject) {
         self.name = name
         self.port = port
-        self.headerLength = headerLength
         self.memoryID = memoryID
         self.sync = sync
         self.kernelLoop = kernelLoop
@@ -45,7 +46,7 @@ public struct KernelPortOpener: NetmapPortOpening {
     public init() {}
     public func open(_ name: NetmapPortName, sync: NetmapSyncMode) throws -> OpenedNetmapPort {
         let registration = try NetmapRegistration(name, sync: sync)
-        return OpenedNetmapPort(name: name, port: try registration.makePort(), headerLength: registration.headerLength,
+        return OpenedNetmapPort(name: name, port: try registration.makePort(),
                                 memoryID: registration.memoryID, sync: sync, kernelLoop: registration.kernelLoop, owner: registration)
     }
 }

@@ -272,7 +272,11 @@ public final class NetmapRegistration: @unchecked Sendable {
         }
         descriptor = fd
         mapping = map
-        region = NetmapRegion(base: map.base, size: map.length, interfaceOffset: Int(body.nr_offset))
+        do {
+            region = try NetmapRegion(base: map.base, size: map.length, interfaceOffset: Int(body.nr_offset))
+        } catch {
+            throw NetmapControl.Failure(request: "REGISTER \(name.kernelName) (\(error))", errno: .badAddress)
+        }
         headerLength = header
         memoryID = body.nr_mem_id
     }

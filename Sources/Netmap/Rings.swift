@@ -9,7 +9,12 @@ public struct NetmapRegion: @unchecked Sendable {
     public let size: Int
     public let interfaceOffset: Int
 
-    public init(base: UnsafeMutableRawPointer, size: Int, interfaceOffset: Int) {
+    /// Refuses an interface offset (`nr_offset`, from the kernel) whose `netmap_if` header would
+    /// not lie inside the mapping: every later read of the interface relies on it.
+    public init(base: UnsafeMutableRawPointer, size: Int, interfaceOffset: Int) throws(LayoutError) {
+        guard interfaceOffset >= 0, size >= MemoryLayout<vnm_if>.size, interfaceOffset <= size - MemoryLayout<vnm_if>.size else {
+            throw .outside("netmap_if at \(interfaceOffset) of a \(size)-byte region")
+        }
         self.base = base
         self.size = size
         self.interfaceOffset = interfaceOffset

@@ -13,9 +13,9 @@ public struct PortSpec: Sendable, Equatable {
     public var portName: String
     public var socketPath: String?
     /// An already-connected socket inherited from the parent (`--fd`).
-    public var inheritedDescriptor: Int32?
-    public var mode: Mode
-    public var queuePairs: Int
+    public var inheritedDescriptor: Int32? = nil
+    public var mode: Mode = .server
+    public var queuePairs = 1
     /// Socket file permissions (server mode), e.g. 0o660 for a group shared with QEMU.
     public var socketMode: UInt32?
     /// Group to give the socket file (server mode), e.g. the group QEMU runs with under libvirt.
@@ -25,15 +25,11 @@ public struct PortSpec: Sendable, Equatable {
     /// Kernel mode: how this port's netmap rings are synced (nil: the daemon's default).
     public var netmapSync: NetmapSyncMode?
 
-    public init(switchName: String, portName: String, socketPath: String?, inheritedDescriptor: Int32? = nil,
-                mode: Mode = .server, queuePairs: Int = 1, socketMode: UInt32? = nil) {
+    /// The rest starts at its default (server mode, one queue pair) and is set by the parser.
+    public init(switchName: String, portName: String, socketPath: String?) {
         self.switchName = switchName
         self.portName = portName
         self.socketPath = socketPath
-        self.inheritedDescriptor = inheritedDescriptor
-        self.mode = mode
-        self.queuePairs = queuePairs
-        self.socketMode = socketMode
     }
 
     public var fullName: String { switchName.isEmpty ? portName : "\(switchName):\(portName)" }

@@ -91,3 +91,23 @@ extension Daemon {
         return String(decoding: data, as: UTF8.self)
     }
 }
+
+/// What a device reports of itself (the `device` part of a port report).
+extension VhostNetDevice {
+    public struct Status: Codable, Sendable {
+        public var features: UInt64
+        public var protocolFeatures: UInt64
+        public var memoryRegions: Int
+        public var readyTX: Int
+        public var readyRX: Int
+        public var brokenRings: [Int]
+        public var mtu: Int
+    }
+
+    /// Caller holds the switch lock.
+    func statusLocked() -> Status {
+        Status(features: features.rawValue, protocolFeatures: protocolFeatures.rawValue,
+               memoryRegions: memory?.regions.count ?? 0, readyTX: port.readyTXCount, readyRX: port.readyRXCount,
+               brokenRings: port.queues.filter { $0.broken }.map { $0.index }, mtu: mtu)
+    }
+}

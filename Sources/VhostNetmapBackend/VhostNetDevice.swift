@@ -42,7 +42,7 @@ public final class VhostNetDevice: @unchecked Sendable {
     private let wakeWorker: () -> Void
 
     private var vrings: [Vring]
-    private var memory: GuestMemory?
+    private(set) var memory: GuestMemory?
     private(set) var features: VirtioFeatures = []
     private var featuresSet = false
     /// The features the front-end set, once it has (control thread).
@@ -378,24 +378,5 @@ public final class VhostNetDevice: @unchecked Sendable {
         port.features = features
         port.headerLength = hdr
         port.mergeable = features.contains(.netMergeableRxBuffers)
-    }
-
-    // MARK: Introspection
-
-    public struct Status: Codable, Sendable {
-        public var features: UInt64
-        public var protocolFeatures: UInt64
-        public var memoryRegions: Int
-        public var readyTX: Int
-        public var readyRX: Int
-        public var brokenRings: [Int]
-        public var mtu: Int
-    }
-
-    /// Caller holds the switch lock.
-    func statusLocked() -> Status {
-        Status(features: features.rawValue, protocolFeatures: protocolFeatures.rawValue,
-               memoryRegions: memory?.regions.count ?? 0, readyTX: port.readyTXCount, readyRX: port.readyRXCount,
-               brokenRings: port.queues.filter { $0.broken }.map { $0.index }, mtu: mtu)
     }
 }

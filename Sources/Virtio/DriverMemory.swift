@@ -76,14 +76,20 @@ public final class DriverQueue: @unchecked Sendable {
 
     public var freeCount: Int { freeDescriptors.count }
 
+    /// One buffer of a chain: what a descriptor will say.
     public struct Buffer {
         public var address: UInt64
         public var length: UInt32
-        public var writable: Bool
-        public init(address: UInt64, length: UInt32, writable: Bool) {
-            self.address = address
-            self.length = length
-            self.writable = writable
+        public var flags: DescriptorFlags
+
+        /// A buffer the device reads (a frame to transmit).
+        public static func readable(_ address: UInt64, length: UInt32) -> Buffer {
+            Buffer(address: address, length: length, flags: [])
+        }
+
+        /// A buffer the device writes (a receive buffer).
+        public static func writable(_ address: UInt64, length: UInt32) -> Buffer {
+            Buffer(address: address, length: length, flags: .write)
         }
     }
 
@@ -103,8 +109,8 @@ public final class DriverQueue: @unchecked Sendable {
         let ids = (0..<buffers.count).map { _ in freeDescriptors.removeLast() }
         for (k, b) in buffers.enumerated() {
             let last = k == buffers.count - 1
-            let flags: UInt16 = (last ? 0 : 1) | (b.writable ? 2 : 0)
-            writeDescriptor(Int(ids[k]), address: b.address, length: b.length, flags: flags, next: last ? 0 : ids[k + 1])
+            let flags = last ? b.flags : b.flags.union(.next)
+            writeDescriptor(Int(ids[k]), address: b.address, length: b.length, flags: flags.rawValue, next: last ? 0 : ids[k + 1])
         }
         chainLength[Int(ids[0])] = buffers.count
         pushAvail(head: ids[0])

@@ -99,7 +99,10 @@ struct Serve: ParsableCommand {
             for p in ports { specs.append(try PortSpec.parse(p)) }
             if socketPath != nil || fd != nil {
                 let (sw, port) = try PortSpec.parseName(switchPort)
-                specs.append(PortSpec(switchName: sw, portName: port, socketPath: socketPath, inheritedDescriptor: fd, queuePairs: queues))
+                var spec = PortSpec(switchName: sw, portName: port, socketPath: socketPath)
+                spec.inheritedDescriptor = fd
+                spec.queuePairs = queues
+                specs.append(spec)
             }
         } catch {
             throw ValidationError(error.description)

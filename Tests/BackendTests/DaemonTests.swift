@@ -40,7 +40,7 @@ final class SocketGuest {
     }
 
     func postReceiveBuffers(_ n: Int) {
-        for _ in 0..<n { _ = rx.add([.init(address: memory.allocate(2048), length: 2048, writable: true)]) }
+        for _ in 0..<n { _ = rx.add([.writable(memory.allocate(2048), length: 2048)]) }
         rx.publish()
         EventFD.signal(kicks[0].rawValue)
     }
@@ -51,7 +51,7 @@ final class SocketGuest {
             let b = memory.allocate(12 + f.count)
             memset(memory.host(b), 0, 12)
             f.withUnsafeBytes { memory.host(b + 12).copyMemory(from: $0.baseAddress!, byteCount: f.count) }
-            _ = tx.add([.init(address: b, length: UInt32(12 + f.count), writable: false)])
+            _ = tx.add([.readable(b, length: UInt32(12 + f.count))])
         }
         tx.publish()
         // A real driver kicks unless the device asked it not to; kicking always is also legal.
@@ -255,7 +255,8 @@ final class RunningDaemon: @unchecked Sendable {
     /// `--fd N`: the daemon serves an already-connected socket and stops when it closes.
     @Test func servesAnInheritedSocketAndStopsWhenItCloses() throws {
         let (ours, theirs) = try UnixSocket.pair()
-        let spec = PortSpec(switchName: "vale0", portName: "fd", socketPath: nil, inheritedDescriptor: dup(theirs.rawValue))
+        var spec = PortSpec(switchName: "vale0", portName: "fd", socketPath: nil)
+        spec.inheritedDescriptor = dup(theirs.rawValue)
         let daemon = try Daemon(options: DaemonOptions(ports: [spec]), logger: quietLogger)
         let done = DispatchSemaphore(value: 0)
         nonisolated(unsafe) var code: Int32 = -1

@@ -20,7 +20,7 @@ final class ModelOpener: NetmapPortOpening, @unchecked Sendable {
         models.withLock { $0[name.kernelName] = model }
         requestedSync.withLock { $0[name.kernelName] = sync }
         let port = try NetmapKernelPort(name: name.text, region: model.region, headerLength: 12, sync: model, pollDescriptor: model.readiness)
-        return OpenedNetmapPort(name: name, port: port, headerLength: 12, memoryID: 7, sync: sync, owner: model)
+        return OpenedNetmapPort(name: name, port: port, memoryID: 7, sync: sync, owner: model)
     }
 
     func model(_ kernelName: String) -> KernelModel? { models.withLock { $0[kernelName] } }

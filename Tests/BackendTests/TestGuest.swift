@@ -103,13 +103,13 @@ final class TestGuest {
             (t + 16).storeBytes(of: buffer + UInt64(hdr), as: UInt64.self)
             (t + 16).storeBytes(of: UInt32(frame.count), toByteOffset: 8, as: UInt32.self)
             (t + 16).storeBytes(of: UInt16(0), toByteOffset: 12, as: UInt16.self)
-            let head = tx[pair].add([.init(address: table, length: 32, writable: false)])!
+            let head = tx[pair].add([.readable(table, length: 32)])!
             tx[pair].writeDescriptor(Int(head), address: table, length: 32, flags: 4, next: 0)
         } else if split {
-            _ = tx[pair].add([.init(address: buffer, length: UInt32(hdr), writable: false),
-                              .init(address: buffer + UInt64(hdr), length: UInt32(frame.count), writable: false)])
+            _ = tx[pair].add([.readable(buffer, length: UInt32(hdr)),
+                              .readable(buffer + UInt64(hdr), length: UInt32(frame.count))])
         } else {
-            _ = tx[pair].add([.init(address: buffer, length: UInt32(hdr + frame.count), writable: false)])
+            _ = tx[pair].add([.readable(buffer, length: UInt32(hdr + frame.count))])
         }
         tx[pair].publish()
     }
@@ -118,7 +118,7 @@ final class TestGuest {
     func postReceiveBuffers(_ count: Int, size: Int = 2048, pair: Int = 0) {
         for _ in 0..<count {
             let b = memory.allocate(size)
-            _ = rx[pair].add([.init(address: b, length: UInt32(size), writable: true)])
+            _ = rx[pair].add([.writable(b, length: UInt32(size))])
         }
         rx[pair].publish()
     }

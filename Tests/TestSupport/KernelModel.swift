@@ -117,7 +117,7 @@ public final class KernelModel: NetmapSync, @unchecked Sendable {
         }
         ofs[txRings] = 0
         ofs[txRings + 1 + rxRings] = 0
-        region = NetmapRegion(base: memory, size: size, interfaceOffset: interfaceOffset)
+        region = try! NetmapRegion(base: memory, size: size, interfaceOffset: interfaceOffset)
     }
 
     deinit { memory.deallocate() }

@@ -66,7 +66,7 @@ final class RingPair {
         // 5 rounds of 7 chains on an 8-entry ring: indices wrap several times.
         for round in 0..<5 {
             for k in 0..<7 {
-                _ = r.driver.add([.init(address: buffer + UInt64(k * 64), length: 60, writable: false)])
+                _ = r.driver.add([.readable(buffer + UInt64(k * 64), length: 60)])
             }
             r.driver.publish()
             #expect(r.device.availableCount() == 7)
@@ -116,7 +116,7 @@ final class RingPair {
         let driver = DriverQueue(size: 8, memory: memory)
         let q = SplitQueue(index: 1)
         try q.attach(size: 8, addresses: driver.addresses, memory: guest)
-        _ = driver.add([.init(address: (1 << 19) - 100, length: 300, writable: false)])
+        _ = driver.add([.readable((1 << 19) - 100, length: 300)])
         driver.publish()
         let segments = SegmentList(capacity: 8)
         #expect(q.availableCount() == 1)
@@ -129,7 +129,7 @@ final class RingPair {
         let r = try RingPair(size: 16, eventIndex: true)
         let buffer = r.memory.allocate(64)
         func complete(_ n: Int) {
-            for _ in 0..<n { _ = r.driver.add([.init(address: buffer, length: 64, writable: true)]) }
+            for _ in 0..<n { _ = r.driver.add([.writable(buffer, length: 64)]) }
             r.driver.publish()
             while case .chain(let head, _)? = r.take(writable: true) { r.device.addUsed(head: head, length: 64) }
             r.device.publishUsed()
