@@ -40,6 +40,7 @@ if [ -z "${SKIP_INTEGRATION:-}" ]; then
   run Tests/Integration/testpmd-switching.sh ",mrg_rxbuf=0,queue_size=1024"
   run Tests/Integration/testpmd-switching.sh ",mrg_rxbuf=1,queue_size=256"
   run Tests/Integration/testpmd-switching.sh ",queue_size=256" 2
+  run Tests/Integration/backend-restart.sh 5
   run Tests/Integration/host-port.sh
   run Tests/Integration/vale-ctl.sh
   run Tests/Integration/guest-ping.sh

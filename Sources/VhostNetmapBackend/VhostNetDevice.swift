@@ -30,7 +30,7 @@ public final class VhostNetDevice: @unchecked Sendable {
         .netCSUM, .netGuestCSUM, .netGuestTSO4, .netGuestTSO6, .netGuestECN, .netGuestUFO,
         .netHostTSO4, .netHostTSO6, .netHostECN, .netHostUFO,
     ]
-    public static let offeredProtocolFeatures: ProtocolFeatures = [.mq, .replyAck, .rarp, .mtu]
+    public static let offeredProtocolFeatures: ProtocolFeatures = [.mq, .replyAck, .rarp, .mtu, .resetDevice, .status]
 
     public let name: String
     public let queuePairs: Int
@@ -51,6 +51,8 @@ public final class VhostNetDevice: @unchecked Sendable {
     /// SET_PROTOCOL_FEATURES was received: QEMU then sends SET_VRING_ENABLE even before SET_FEATURES.
     private var protocolFeaturesNegotiated = false
     public private(set) var mtu: Int = 1500
+    /// The status byte the front-end last set (SET_STATUS), as GET_STATUS reports it.
+    private(set) var status: DeviceStatus = []
 
     public init(name: String, queuePairs: Int, vale: VALESwitch, logger: Logger, wakeWorker: @escaping () -> Void) throws {
         precondition(queuePairs >= 1 && queuePairs <= 64)
@@ -162,11 +164,13 @@ public final class VhostNetDevice: @unchecked Sendable {
             try withDatapathPaused { () throws(Refusal) in
                 v.kick = fd
                 v.kickPolled = p.noDescriptor
-                if !v.started {
-                    port.queues[Int(p.index)].lastAvailIndex = v.base
+                let starting = !v.started
+                if starting {
+                    port.queues[Int(p.index)].resume(at: v.base)
                 }
                 v.started = true
                 try attach(p.index)
+                if starting { resynchroniseIfTheBaseCannotBeRight(Int(p.index)) }
             }
             logger.info("ring \(p.index) started (size \(v.size), base \(v.base)\(p.noDescriptor ? ", polled" : ""))")
         case .setVringCall(let p, let descriptor):
@@ -179,8 +183,13 @@ public final class VhostNetDevice: @unchecked Sendable {
             withDatapathPaused { v.error = fd }
         case .setVringEnable(let s):
             let v = try vring(s.index)
-            guard protocolFeaturesNegotiated || features.contains(.protocolFeatures) else { throw .protocolFeaturesNotNegotiated }
             guard s.num <= 1 else { throw .enableNotBoolean(s.num) }
+            // The spec says it "should" follow PROTOCOL_FEATURES; DPDK's virtio-user sends it
+            // first when it reconnects, and DPDK's and QEMU's back-ends accept it. So do we: the
+            // flag only decides whether a started ring moves frames.
+            if !(protocolFeaturesNegotiated || features.contains(.protocolFeatures)) {
+                logger.debug("ring \(s.index) \(s.num == 1 ? "enabled" : "disabled") before PROTOCOL_FEATURES was negotiated")
+            }
             withDatapathPaused { v.enabled = s.num == 1 }
         case .sendRARP(let mac):
             guard protocolFeatures.contains(.rarp) else { throw .notNegotiated(.rarp) }
@@ -190,6 +199,16 @@ public final class VhostNetDevice: @unchecked Sendable {
             guard protocolFeatures.contains(.mtu) else { throw .notNegotiated(.mtu) }
             guard value >= 68 && value <= 65535 else { throw .mtuOutOfRange(value) }
             mtu = Int(value)
+        case .resetDevice:
+            guard protocolFeatures.contains(.resetDevice) else { throw .notNegotiated(.resetDevice) }
+            reset(reason: "RESET_DEVICE")
+        case .setStatus(let value):
+            guard protocolFeatures.contains(.status) else { throw .notNegotiated(.status) }
+            guard value <= 0xff else { throw .statusNotAByte(value) }
+            setStatus(DeviceStatus(rawValue: UInt8(value)))
+        case .getStatus:
+            guard protocolFeatures.contains(.status) else { throw .notNegotiated(.status) }
+            return .reply(u64(UInt64(status.rawValue)))
         case .unsupported:
             preconditionFailure("refused by handle(_:)")
         }
@@ -276,7 +295,34 @@ public final class VhostNetDevice: @unchecked Sendable {
         } catch {
             throw .ringLayout(error.description)
         }
-        q.lastAvailIndex = last
+        q.resume(at: last)
+    }
+
+    /// SET_STATUS: kept for GET_STATUS. FEATURES_OK is kept only once features are set (the
+    /// driver reads it back to learn whether the device accepted them). 0 resets nothing: QEMU
+    /// sends it when it stops the device and then asks each ring's base with GET_VRING_BASE,
+    /// which a reset would lose (RESET_DEVICE is the reset).
+    private func setStatus(_ wanted: DeviceStatus) {
+        var s = wanted
+        if s.contains(.featuresOK) && !featuresSet { s.remove(.featuresOK) }
+        if s.contains(.failed) && !status.contains(.failed) { logger.warning("the driver set FAILED in the device status") }
+        if s != status { logger.info("status \(s)") }
+        status = s
+    }
+
+    /// A ring starting at a base other than the used index in guest memory was run by an
+    /// earlier back-end (this one, killed and restarted) or the front-end lost track of it
+    /// (DPDK's virtio-user sends SET_VRING_BASE 0 after a back-end restart, its avail index far
+    /// ahead). Everything up to the used index was consumed by someone; resume there, as DPDK's
+    /// vhost library and QEMU (`virtio_queue_restore_last_avail_idx`) do. Chains made available
+    /// but not used when the old back-end died are taken again: frames may be sent twice, never
+    /// lost, and no descriptor is left behind. (INFLIGHT_SHMFD would make it exact.)
+    private func resynchroniseIfTheBaseCannotBeRight(_ index: Int) {
+        assertPaused()
+        let q = port.queues[index]
+        guard q.isAttached, q.usedIndex != q.lastAvailIndex else { return }
+        logger.warning("ring \(index): base \(q.lastAvailIndex) but the used index in guest memory is \(q.usedIndex): resumes at \(q.usedIndex) (resynchronised)")
+        q.resume(at: q.usedIndex)
     }
 
     /// GET_VRING_BASE: stops the ring and returns where the guest should resume.
@@ -306,7 +352,7 @@ public final class VhostNetDevice: @unchecked Sendable {
                 let q = port.queues[i]
                 if v.started && q.isAttached { q.publishUsed() }
                 q.detach()
-                q.lastAvailIndex = 0
+                q.resume(at: 0)
                 vrings[i] = Vring()
             }
             memory = nil
@@ -314,6 +360,7 @@ public final class VhostNetDevice: @unchecked Sendable {
             featuresSet = false
             protocolFeatures = []
             protocolFeaturesNegotiated = false
+            status = []
             port.pendingAnnouncement = nil
             vale.learning.forget(port: portIndex)
         }

@@ -36,13 +36,13 @@ extension VhostUserRequest {
     /// This request's rules.
     public var rule: RequestRule {
         switch self {
-        case .getFeatures, .getProtocolFeatures, .getQueueNum:
+        case .getFeatures, .getProtocolFeatures, .getQueueNum, .getStatus:
             return RequestRule(payload: .exact(0), descriptors: .none, replies: true, pausesDataPath: false)
         case .setOwner:
             return RequestRule(payload: .exact(0), descriptors: .none, replies: false, pausesDataPath: false)
-        case .resetOwner:
+        case .resetOwner, .resetDevice:
             return RequestRule(payload: .exact(0), descriptors: .none, replies: false, pausesDataPath: true)
-        case .getMaxMemSlots, .resetDevice, .getStatus:
+        case .getMaxMemSlots:
             return RequestRule(payload: .exact(0), descriptors: .none, replies: false, pausesDataPath: false)
         case .setFeatures:
             return RequestRule(payload: .exact(8), descriptors: .none, replies: false, pausesDataPath: true)
@@ -91,6 +91,9 @@ public enum DeviceRequest {
     case setVringEnable(VringState)
     case sendRARP(mac: [UInt8])
     case netSetMTU(UInt64)
+    case resetDevice
+    case setStatus(UInt64)
+    case getStatus
     case unsupported(VhostUserRequest)
 
     public init(_ m: VhostUserMessage) throws(ProtocolError) {
@@ -116,6 +119,9 @@ public enum DeviceRequest {
         case .setVringEnable: self = .setVringEnable(m.withPayload { VringState($0) })
         case .sendRARP: self = .sendRARP(mac: m.withPayload { Array($0[0..<6]) })
         case .netSetMTU: self = .netSetMTU(m.withPayload { $0.u64 })
+        case .resetDevice: self = .resetDevice
+        case .setStatus: self = .setStatus(m.withPayload { $0.u64 })
+        case .getStatus: self = .getStatus
         default: self = .unsupported(m.request)
         }
     }
@@ -134,7 +140,6 @@ public enum Refusal: Error, Equatable, Sendable, CustomStringConvertible {
     case baseTooLarge(UInt32)
     case ringNotSetUp(UInt32)
     case notAnEventFD(String)
-    case protocolFeaturesNotNegotiated
     case enableNotBoolean(UInt32)
     case notNegotiated(ProtocolFeatures)
     case mtuOutOfRange(UInt64)
@@ -145,6 +150,7 @@ public enum Refusal: Error, Equatable, Sendable, CustomStringConvertible {
     case reservedBits(UInt64)
     case regionCount(UInt32, max: Int)
     case configSize(Int)
+    case statusNotAByte(UInt64)
 
     public var description: String {
         switch self {
@@ -159,7 +165,6 @@ public enum Refusal: Error, Equatable, Sendable, CustomStringConvertible {
         case .baseTooLarge(let b): "base \(b) does not fit 16 bits (split ring)"
         case .ringNotSetUp(let i): "ring \(i) is not set up (needs SET_MEM_TABLE, SET_VRING_NUM, SET_VRING_ADDR)"
         case .notAnEventFD(let what): "descriptor is not an eventfd (\(what))"
-        case .protocolFeaturesNotNegotiated: "PROTOCOL_FEATURES not negotiated"
         case .enableNotBoolean(let v): "enable must be 0 or 1, got \(v)"
         case .notNegotiated(let f): "protocol feature 0x\(String(f.rawValue, radix: 16)) not negotiated"
         case .mtuOutOfRange(let v): "MTU \(v) outside 68...65535"
@@ -168,6 +173,7 @@ public enum Refusal: Error, Equatable, Sendable, CustomStringConvertible {
         case .reservedBits(let v): "reserved bits set in 0x\(String(v, radix: 16))"
         case .regionCount(let n, let max): "\(n) regions (1...\(max) allowed)"
         case .configSize(let n): "config size \(n) > 256"
+        case .statusNotAByte(let v): "device status 0x\(String(v, radix: 16)) does not fit 8 bits"
         }
     }
 }

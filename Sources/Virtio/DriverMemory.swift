@@ -135,6 +135,16 @@ public final class DriverQueue: @unchecked Sendable {
         publish()
     }
 
+    /// Moves an idle ring (every chain used) to `index`, as a ring that has run that far: avail
+    /// and used indices both there, in guest memory too (a device restarted under it).
+    public func moveIdleRing(to index: UInt16) {
+        precondition(availIndex == deviceUsedIndex, "the ring is not idle")
+        availIndex = index
+        lastUsedIndex = index
+        SplitQueue.storeRelease16(memory.host(usedRing) + 2, index)
+        publish()
+    }
+
     /// The device's used->idx.
     public var deviceUsedIndex: UInt16 { SplitQueue.loadAcquire16(memory.host(usedRing) + 2) }
 

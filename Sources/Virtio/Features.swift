@@ -40,3 +40,24 @@ public struct VirtioFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
         contains(.version1) || contains(.netMergeableRxBuffers) ? 12 : 10
     }
 }
+
+/// The device status byte (virtio 1.x §2.1), as a vhost-user front-end mirrors it with
+/// SET_STATUS / GET_STATUS.
+public struct DeviceStatus: OptionSet, Sendable, CustomStringConvertible {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+    public static let acknowledge = DeviceStatus(rawValue: 1)
+    public static let driver = DeviceStatus(rawValue: 2)
+    public static let driverOK = DeviceStatus(rawValue: 4)
+    public static let featuresOK = DeviceStatus(rawValue: 8)
+    public static let needsReset = DeviceStatus(rawValue: 64)
+    public static let failed = DeviceStatus(rawValue: 128)
+
+    public var description: String {
+        let names: [(DeviceStatus, String)] = [(.acknowledge, "ACKNOWLEDGE"), (.driver, "DRIVER"), (.driverOK, "DRIVER_OK"),
+                                                (.featuresOK, "FEATURES_OK"), (.needsReset, "NEEDS_RESET"), (.failed, "FAILED")]
+        let set = names.filter { contains($0.0) }.map(\.1)
+        return set.isEmpty ? "0 (reset)" : set.joined(separator: "|")
+    }
+}

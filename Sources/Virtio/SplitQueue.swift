@@ -74,8 +74,9 @@ public final class SplitQueue: @unchecked Sendable {
     /// `memory`'s region table, used by the data path without touching the object's reference count.
     private var regions = UnsafeMutableBufferPointer<MappedRegion>(start: nil, count: 0)
 
-    /// Next avail entry to take (free-running 16-bit).
-    public var lastAvailIndex: UInt16 = 0 {
+    /// Next avail entry to take (free-running 16-bit). Moved by the data path as it takes
+    /// chains, and by `resume(at:)` when the control plane places the ring.
+    public private(set) var lastAvailIndex: UInt16 = 0 {
         didSet { if RingIndex(lastAvailIndex).isAtOrAfter(RingIndex(cachedAvailIndex)) { cachedAvailIndex = lastAvailIndex } }
     }
     /// The guest's avail->idx as last read. Reading it costs a cache miss (the guest writes that
@@ -131,6 +132,16 @@ public final class SplitQueue: @unchecked Sendable {
         broken = false
         brokenReason = nil
         brokenReported = false
+    }
+
+    /// Places the ring at `index` (SET_VRING_BASE, or a resynchronisation to the used index):
+    /// what was read or prefetched ahead of the old position is forgotten, so nothing between
+    /// the two positions is taken for available.
+    public func resume(at index: UInt16) {
+        lastAvailIndex = index
+        cachedAvailIndex = index
+        descriptorsPrefetched = index
+        buffersPrefetched = index
     }
 
     /// Forgets the layout and memory (ring stopped, or the device reset).

@@ -51,7 +51,7 @@ final class TestGuest {
         try handle(message(.setOwner))
         guard case .reply(let offered) = try handle(message(.getFeatures)) else { fatalError() }
         let f = VirtioFeatures(rawValue: offered.withUnsafeBytes { $0.u64 }).intersection(wanted)
-        try handle(message(.setProtocolFeatures, u64(ProtocolFeatures([.mq, .replyAck, .rarp, .mtu]).rawValue)))
+        try handle(message(.setProtocolFeatures, u64(VhostNetDevice.offeredProtocolFeatures.rawValue)))
         try handle(message(.setFeatures, u64(f.rawValue)))
         features = f
         try handle(message(.setMemTable, MemoryTable(regions: [region]).encoded(), fds: [memory.descriptor]))
