@@ -226,6 +226,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
             writeHeader(header, length: hdrLen, into: &writer)
             var source = frame.cursor
             _ = writer.copy(from: &source, length: frame.length)
+            q.logWritten(rxSegments, length: total)
             q.addUsed(head: head, length: UInt32(total))
             return .delivered
         }
@@ -265,6 +266,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
                     // The common case: the whole frame fits the first buffer (num_buffers = 1).
                     writeHeader(header, length: hdrLen, into: &writer)
                     _ = writer.copy(from: &source, length: remaining)
+                    q.logWritten(rxSegments, length: hdrLen &+ remaining)
                     q.addUsed(head: head, length: UInt32(hdrLen &+ remaining))
                     return .delivered
                 }
@@ -282,6 +284,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
                 let n = writer.copy(from: &source, length: remaining)
                 remaining &-= n
                 written &+= n
+                q.logWritten(rxSegments, length: written)
                 pending[buffers] = PendingUsed(head: head, length: UInt32(written))
                 buffers &+= 1
             }

@@ -102,12 +102,14 @@ extension VhostNetDevice {
         public var readyRX: Int
         public var brokenRings: [Int]
         public var mtu: Int
+        /// Present once the front-end gave a dirty log (SET_LOG_BASE).
+        var dirtyLog: DirtyLogStatus?
     }
 
     /// Caller holds the switch lock.
     func statusLocked() -> Status {
         Status(features: features.rawValue, protocolFeatures: protocolFeatures.rawValue,
                memoryRegions: memory?.regions.count ?? 0, readyTX: port.readyTXCount, readyRX: port.readyRXCount,
-               brokenRings: port.queues.filter { $0.broken }.map { $0.index }, mtu: mtu)
+               brokenRings: port.queues.filter { $0.broken }.map { $0.index }, mtu: mtu, dirtyLog: dirtyLogStatus)
     }
 }

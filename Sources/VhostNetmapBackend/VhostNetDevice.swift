@@ -22,15 +22,17 @@ public final class VhostNetDevice: @unchecked Sendable {
         /// Started by SET_VRING_KICK, stopped by GET_VRING_BASE.
         var started = false
         var enabled = false
+        /// Where used-ring writes are logged during a migration (VHOST_VRING_F_LOG).
+        var usedRingLogAddress: GuestPhysicalAddress?
     }
 
     public static let offeredFeatures: VirtioFeatures = [
         .version1, .anyLayout, .indirectDescriptors, .eventIndex, .netMergeableRxBuffers,
-        .protocolFeatures, .netMQ, .netMTU, .netGuestAnnounce,
+        .protocolFeatures, .netMQ, .netMTU, .netGuestAnnounce, .logAll,
         .netCSUM, .netGuestCSUM, .netGuestTSO4, .netGuestTSO6, .netGuestECN, .netGuestUFO,
         .netHostTSO4, .netHostTSO6, .netHostECN, .netHostUFO,
     ]
-    public static let offeredProtocolFeatures: ProtocolFeatures = [.mq, .replyAck, .rarp, .mtu, .resetDevice, .status]
+    public static let offeredProtocolFeatures: ProtocolFeatures = [.mq, .logSHMFD, .replyAck, .rarp, .mtu, .resetDevice, .status]
 
     public let name: String
     public let queuePairs: Int
@@ -51,6 +53,10 @@ public final class VhostNetDevice: @unchecked Sendable {
     /// SET_PROTOCOL_FEATURES was received: QEMU then sends SET_VRING_ENABLE even before SET_FEATURES.
     private var protocolFeaturesNegotiated = false
     public private(set) var mtu: Int = 1500
+    /// Live migration's dirty log (SET_LOG_BASE), used while LOG_ALL is negotiated.
+    var dirtyLog: DirtyLog?
+    /// SET_LOG_FD's eventfd: kept, as the spec has it; QEMU's vhost-user never sends one.
+    private var logDescriptor: OwnedDescriptor?
     /// The status byte the front-end last set (SET_STATUS), as GET_STATUS reports it.
     private(set) var status: DeviceStatus = []
 
@@ -146,6 +152,7 @@ public final class VhostNetDevice: @unchecked Sendable {
             try checkLayout(addresses, size: v.size, memory: memory)
             try withDatapathPaused { () throws(Refusal) in
                 v.addresses = addresses
+                v.usedRingLogAddress = a.flags & VringAddress.logFlag != 0 ? GuestPhysicalAddress(a.log) : nil
                 if v.started { try attach(a.index) }
             }
         case .setVringBase(let s):
@@ -199,6 +206,11 @@ public final class VhostNetDevice: @unchecked Sendable {
             guard protocolFeatures.contains(.mtu) else { throw .notNegotiated(.mtu) }
             guard value >= 68 && value <= 65535 else { throw .mtuOutOfRange(value) }
             mtu = Int(value)
+        case .setLogBase(let region, let descriptor):
+            try setLogBase(region, descriptor)
+            return .reply([])
+        case .setLogFD(let descriptor):
+            logDescriptor = try eventDescriptor(descriptor)
         case .resetDevice:
             guard protocolFeatures.contains(.resetDevice) else { throw .notNegotiated(.resetDevice) }
             reset(reason: "RESET_DEVICE")
@@ -361,6 +373,8 @@ public final class VhostNetDevice: @unchecked Sendable {
             protocolFeatures = []
             protocolFeaturesNegotiated = false
             status = []
+            dirtyLog = nil
+            logDescriptor = nil
             port.pendingAnnouncement = nil
             vale.learning.forget(port: portIndex)
         }
@@ -369,7 +383,7 @@ public final class VhostNetDevice: @unchecked Sendable {
 
     /// Runs `body` with the switch worker paused (switch lock held), then republishes what the
     /// data path may use and wakes the worker so it re-reads its wake-up descriptors.
-    private func withDatapathPaused<E: Error>(_ body: () throws(E) -> Void) throws(E) {
+    func withDatapathPaused<E: Error>(_ body: () throws(E) -> Void) throws(E) {
         var failure: E?
         datapathPauses &+= 1
         vale.lock.withLock { _ in
@@ -409,6 +423,8 @@ public final class VhostNetDevice: @unchecked Sendable {
             let q = port.queues[i]
             q.eventIndex = features.contains(.eventIndex)
             q.indirectAllowed = features.contains(.indirectDescriptors)
+            q.setDirtyLog(features.contains(.logAll) ? dirtyLog : nil)
+            q.usedRingLogAddress = v.usedRingLogAddress
             port.callDescriptors[i] = v.call?.rawValue ?? -1
             port.errorDescriptors[i] = v.error?.rawValue ?? -1
             port.kickDescriptors[i] = v.kick?.rawValue ?? -1

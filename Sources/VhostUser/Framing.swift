@@ -76,6 +76,8 @@ public enum MessageFraming {
             try fds(p.noDescriptor ? 0 : 1)
         case .perRegion:
             try fds(regions)
+        case .one:
+            try fds(1)
         case .unchecked:
             break
         }

@@ -117,3 +117,21 @@ public struct VringDescriptorPayload: Equatable, Sendable {
 extension UnsafeRawBufferPointer {
     public var u64: UInt64 { loadUnaligned(fromByteOffset: 0, as: UInt64.self) }
 }
+
+/// SET_LOG_BASE's payload: the dirty log's size and offset in the file sent with it.
+public struct LogRegion: Equatable, Sendable {
+    public static let byteCount = 16
+    public var size: UInt64
+    public var offset: UInt64
+    public init(size: UInt64, offset: UInt64) { self.size = size; self.offset = offset }
+    public init(_ p: UnsafeRawBufferPointer) {
+        size = p.loadUnaligned(fromByteOffset: 0, as: UInt64.self)
+        offset = p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+    }
+    public func encoded() -> [UInt8] {
+        var out = [UInt8]()
+        out.appendLittleEndian(size)
+        out.appendLittleEndian(offset)
+        return out
+    }
+}

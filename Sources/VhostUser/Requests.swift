@@ -3,7 +3,7 @@ import VhostSystem
 /// The rules of one request, in one place: the payload it carries, the descriptors it may bring,
 /// whether the back-end always replies, and whether handling it pauses the data path (it changes
 /// what the switch worker reads: rings, memory, eventfds, features).
-public struct RequestRule: Sendable {
+public struct RequestRule: Sendable, Equatable {
     public enum Payload: Sendable, Equatable {
         /// Exactly this many bytes.
         case exact(Int)
@@ -21,6 +21,8 @@ public struct RequestRule: Sendable {
         case oneUnlessFlagged
         /// One per memory region.
         case perRegion
+        /// Exactly one (the dirty log's memory, SET_LOG_BASE and SET_LOG_FD).
+        case one
         /// Not checked (requests the device refuses).
         case unchecked
     }
@@ -62,6 +64,11 @@ extension VhostUserRequest {
             return RequestRule(payload: .exact(8), descriptors: .oneUnlessFlagged, replies: false, pausesDataPath: true)
         case .setMemTable:
             return RequestRule(payload: .memoryTable, descriptors: .perRegion, replies: false, pausesDataPath: true)
+        case .setLogBase:
+            // Replies (an empty payload) once LOG_SHMFD is negotiated, which it must be.
+            return RequestRule(payload: .exact(LogRegion.byteCount), descriptors: .one, replies: true, pausesDataPath: true)
+        case .setLogFD:
+            return RequestRule(payload: .exact(0), descriptors: .one, replies: false, pausesDataPath: false)
         case .getConfig, .setConfig:
             return RequestRule(payload: .config, descriptors: .none, replies: false, pausesDataPath: false)
         default:
@@ -92,6 +99,8 @@ public enum DeviceRequest {
     case sendRARP(mac: [UInt8])
     case netSetMTU(UInt64)
     case resetDevice
+    case setLogBase(LogRegion, OwnedDescriptor)
+    case setLogFD(OwnedDescriptor)
     case setStatus(UInt64)
     case getStatus
     case unsupported(VhostUserRequest)
@@ -120,6 +129,8 @@ public enum DeviceRequest {
         case .sendRARP: self = .sendRARP(mac: m.withPayload { Array($0[0..<6]) })
         case .netSetMTU: self = .netSetMTU(m.withPayload { $0.u64 })
         case .resetDevice: self = .resetDevice
+        case .setLogBase: self = .setLogBase(m.withPayload { LogRegion($0) }, m.descriptors[0])  // validated: one
+        case .setLogFD: self = .setLogFD(m.descriptors[0])  // validated: one
         case .setStatus: self = .setStatus(m.withPayload { $0.u64 })
         case .getStatus: self = .getStatus
         default: self = .unsupported(m.request)
@@ -151,6 +162,8 @@ public enum Refusal: Error, Equatable, Sendable, CustomStringConvertible {
     case regionCount(UInt32, max: Int)
     case configSize(Int)
     case statusNotAByte(UInt64)
+    /// A dirty log the back-end cannot use (DirtyLog's reason).
+    case dirtyLog(String)
 
     public var description: String {
         switch self {
@@ -174,6 +187,7 @@ public enum Refusal: Error, Equatable, Sendable, CustomStringConvertible {
         case .regionCount(let n, let max): "\(n) regions (1...\(max) allowed)"
         case .configSize(let n): "config size \(n) > 256"
         case .statusNotAByte(let v): "device status 0x\(String(v, radix: 16)) does not fit 8 bits"
+        case .dirtyLog(let why): why
         }
     }
 }

@@ -92,6 +92,13 @@ public final class SplitQueue: @unchecked Sendable {
 
     public var eventIndex = false
     public var indirectAllowed = false
+    /// Live migration: while set, every write to guest memory marks its pages in this log. The
+    /// data path tests `isLogging` (a plain flag) so that no log costs nothing.
+    public private(set) var dirtyLog: DirtyLog?
+    public private(set) var isLogging = false
+    /// Where the used ring's writes are logged (SET_VRING_ADDR's log address with
+    /// VHOST_VRING_F_LOG); nil: the front-end does not want them logged.
+    public var usedRingLogAddress: GuestPhysicalAddress?
     /// Set when used elements were added outside a delivery (a refused chain) and need publishing.
     public var usedIndexDirty = false
     /// Set when the guest broke the ring (bad avail index or head): nothing more is done with it.
@@ -142,6 +149,39 @@ public final class SplitQueue: @unchecked Sendable {
         cachedAvailIndex = index
         descriptorsPrefetched = index
         buffersPrefetched = index
+    }
+
+    /// Starts (a log) or stops (nil) logging this ring's writes to guest memory.
+    public func setDirtyLog(_ log: DirtyLog?) {
+        dirtyLog = log
+        isLogging = log != nil
+    }
+
+    /// Marks the pages of the used ring (elements, index, flags and avail_event alike: a few
+    /// pages at most, marked whole rather than tracked write by write).
+    @inline(never)
+    private func logUsedRing() {
+        guard let log = dirtyLog, let address = usedRingLogAddress else { return }
+        log.mark(address, length: UInt64(SplitRingLayout.usedBytes(size)))
+    }
+
+    /// Marks the pages of the first `length` bytes of the chain in `segments` (a receive chain
+    /// the device just wrote).
+    @inline(__always)
+    public func logWritten(_ segments: SegmentList, length: Int) {
+        if isLogging { logWrittenSlow(segments, length: length) }
+    }
+
+    @inline(never)
+    private func logWrittenSlow(_ segments: SegmentList, length: Int) {
+        guard let log = dirtyLog else { return }
+        var remaining = length
+        for k in 0..<segments.count where remaining > 0 {
+            let s = segments.storage[k]
+            let n = min(s.length, remaining)
+            log.mark(host: s.base, length: n, in: regions)
+            remaining -= n
+        }
     }
 
     /// Forgets the layout and memory (ring stopped, or the device reset).
@@ -329,6 +369,7 @@ public final class SplitQueue: @unchecked Sendable {
     @inline(__always)
     public func publishUsed() {
         Self.storeRelease16(used! + SplitRingLayout.usedIndexOffset, usedIndex)
+        if isLogging { logUsedRing() }
     }
 
     /// Whether the guest wants an interrupt for what was published since the last call
@@ -355,6 +396,7 @@ public final class SplitQueue: @unchecked Sendable {
     public func disableKicks() {
         guard let used, !eventIndex else { return }
         (used + SplitRingLayout.usedFlagsOffset).storeBytes(of: SplitRingLayout.usedNoNotify.littleEndian, as: UInt16.self)
+        if isLogging { logUsedRing() }
     }
 
     /// Asks the guest to kick on its next post. The caller must re-check `availableCount()`
@@ -367,6 +409,7 @@ public final class SplitQueue: @unchecked Sendable {
         } else {
             (used + SplitRingLayout.usedFlagsOffset).storeBytes(of: UInt16(0).littleEndian, as: UInt16.self)
         }
+        if isLogging { logUsedRing() }
         atomicMemoryFence(ordering: .sequentiallyConsistent)
     }
 }

@@ -99,7 +99,6 @@ import Virtio
         refused(message(.netSetMTU, u64(40)), by: .refused(.netSetMTU, .mtuOutOfRange(40)))
         refused(message(.netSetMTU, u64(1 << 20)), by: .refused(.netSetMTU, .mtuOutOfRange(1 << 20)))
         // Unimplemented requests.
-        refused(message(.setLogBase, [UInt8](repeating: 0, count: 16)), by: .unsupported(.setLogBase))
         refused(message(.getConfig, [UInt8](repeating: 0, count: 12)), by: .unsupported(.getConfig))
         refused(message(.iotlbMessage, [UInt8](repeating: 0, count: 64)), by: .unsupported(.iotlbMessage))
         bystandersStillWork()
@@ -180,7 +179,7 @@ import Virtio
             let requests: [VhostUserRequest] = [.getFeatures, .setFeatures, .setOwner, .resetOwner, .setMemTable, .setVringNum,
                                                 .setVringAddr, .setVringBase, .getVringBase, .setVringKick, .setVringCall, .setVringErr,
                                                 .getProtocolFeatures, .setProtocolFeatures, .getQueueNum, .setVringEnable, .sendRARP,
-                                                .netSetMTU, .setLogBase, .getConfig, .setStatus, .getStatus, .resetDevice]
+                                                .netSetMTU, .setLogBase, .getConfig, .setStatus, .getStatus, .resetDevice, .setLogFD]
             let base = victim.memory.userAddress(0).value
             var handled = 0
             for _ in 0..<3000 {
@@ -203,6 +202,9 @@ import Virtio
                         fds = [fresh(eventfd)]
                     case .setFeatures:
                         payload = u64(VhostNetDevice.offeredFeatures.rawValue & .random(in: 0...UInt64.max, using: &rng))
+                    case .setLogBase: // the victim's own memory file as its log, any size and offset
+                        payload = LogRegion(size: .random(in: 0...(1 << 21), using: &rng), offset: .random(in: 0...(1 << 20), using: &rng) & ~4095).encoded()
+                        fds = [fresh(victim.memory.descriptor)]
                     case .setProtocolFeatures:
                         payload = u64(VhostNetDevice.offeredProtocolFeatures.rawValue & .random(in: 0...UInt64.max, using: &rng))
                     default:

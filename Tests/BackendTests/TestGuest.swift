@@ -46,8 +46,9 @@ final class TestGuest {
     @discardableResult
     func handle(_ m: VhostUserMessage) throws -> VhostNetDevice.Response { try device.handle(m) }
 
-    /// The usual start-up: features, memory table, then every ring started and enabled.
-    func start(features wanted: VirtioFeatures = VhostNetDevice.offeredFeatures, queueSize: Int = 256, pairs: Int = 1) throws {
+    /// The usual start-up: features (all offered but LOG_ALL, which a front-end sets only while
+    /// it migrates), memory table, then every ring started and enabled.
+    func start(features wanted: VirtioFeatures = VhostNetDevice.offeredFeatures.subtracting(.logAll), queueSize: Int = 256, pairs: Int = 1) throws {
         try handle(message(.setOwner))
         guard case .reply(let offered) = try handle(message(.getFeatures)) else { fatalError() }
         let f = VirtioFeatures(rawValue: offered.withUnsafeBytes { $0.u64 }).intersection(wanted)

@@ -17,7 +17,9 @@ import VhostSystem
         for r: VhostUserRequest in [.getFeatures, .setOwner, .setVringNum, .setVringBase, .setProtocolFeatures, .netSetMTU] {
             #expect(!r.rule.pausesDataPath, "\(r) leaves the data path alone")
         }
-        #expect(VhostUserRequest.setLogBase.rule.payload == .unchecked, "unimplemented: the device refuses it")
+        #expect(VhostUserRequest.setLogBase.rule == RequestRule(payload: .exact(16), descriptors: .one, replies: true, pausesDataPath: true))
+        #expect(VhostUserRequest.getConfig.rule.payload == .config && VhostUserRequest.iotlbMessage.rule.payload == .unchecked,
+                "unimplemented: the device refuses it")
     }
 
     @Test func decodingTakesPayloadsAndDescriptors() throws {
@@ -28,7 +30,11 @@ import VhostSystem
         #expect(q.noDescriptor && none == nil, "the 0x100 flag: polled, no descriptor")
         guard case .setVringNum(let s) = try DeviceRequest(message(.setVringNum, VringState(index: 1, num: 256).encoded())) else { Issue.record("not SET_VRING_NUM"); return }
         #expect(s == VringState(index: 1, num: 256))
-        guard case .unsupported(.setLogBase) = try DeviceRequest(message(.setLogBase, [UInt8](repeating: 0, count: 16))) else { Issue.record("not unsupported"); return }
+        guard case .setLogBase(let region, let log) = try DeviceRequest(message(.setLogBase, LogRegion(size: 4096, offset: 8).encoded(), fds: [fd])) else {
+            Issue.record("not SET_LOG_BASE"); return
+        }
+        #expect(region == LogRegion(size: 4096, offset: 8) && log === fd)
+        guard case .unsupported(.iotlbMessage) = try DeviceRequest(message(.iotlbMessage, [UInt8](repeating: 0, count: 64))) else { Issue.record("not unsupported"); return }
     }
 
     @Test func framingRefusalsNameTheirRule() throws {
