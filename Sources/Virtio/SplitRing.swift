@@ -98,3 +98,29 @@ public struct RingIndex: Equatable, Sendable, CustomStringConvertible {
 
     public var description: String { "\(value)" }
 }
+
+/// Ring addresses as the front-end gives them (its own virtual addresses).
+public struct RingAddresses: Equatable, Sendable {
+    public var descriptorTable: FrontEndAddress
+    public var availRing: FrontEndAddress
+    public var usedRing: FrontEndAddress
+    public init(descriptorTable: FrontEndAddress, availRing: FrontEndAddress, usedRing: FrontEndAddress) {
+        self.descriptorTable = descriptorTable
+        self.availRing = availRing
+        self.usedRing = usedRing
+    }
+}
+
+public enum RingSetupError: Error, Equatable, CustomStringConvertible {
+    case badSize(UInt32)
+    case misaligned(String)
+    case notInGuestMemory(String)
+
+    public var description: String {
+        switch self {
+        case .badSize(let n): "queue size \(n) is not a power of two in 1...32768"
+        case .misaligned(let what): "\(what) is misaligned"
+        case .notInGuestMemory(let what): "\(what) is not inside guest memory"
+        }
+    }
+}
