@@ -289,9 +289,13 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
                 buffers &+= 1
             }
         }
-        if buffers > 1 && hdrLen >= 12 {
-            numBuffersLow?.storeBytes(of: UInt8(truncatingIfNeeded: buffers), as: UInt8.self)
-            numBuffersHigh?.storeBytes(of: UInt8(truncatingIfNeeded: buffers >> 8), as: UInt8.self)
+        if buffers > 1 && hdrLen >= 12, let low = numBuffersLow, let high = numBuffersHigh {
+            low.storeBytes(of: UInt8(truncatingIfNeeded: buffers), as: UInt8.self)
+            high.storeBytes(of: UInt8(truncatingIfNeeded: buffers >> 8), as: UInt8.self)
+            // Written after the first chain was logged: logged again, or a migration that
+            // copied the page in between would keep num_buffers = 1.
+            q.logWritten(at: low, length: 1)
+            q.logWritten(at: high, length: 1)
         }
         for k in 0..<buffers { q.addUsed(head: pending[k].head, length: pending[k].length) }
         return .delivered

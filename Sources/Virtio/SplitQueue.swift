@@ -146,6 +146,12 @@ public final class SplitQueue: @unchecked Sendable {
         if isLogging { logWrittenSlow(segments, length: length) }
     }
 
+    /// Marks the page under `length` bytes written at `host` (a field patched after its chain was logged).
+    @inline(__always)
+    public func logWritten(at host: UnsafeMutableRawPointer, length: Int) {
+        if isLogging, let log = dirtyLog { log.mark(host: host, length: length, in: regions) }
+    }
+
     @inline(never)
     private func logWrittenSlow(_ segments: SegmentList, length: Int) {
         guard let log = dirtyLog else { return }

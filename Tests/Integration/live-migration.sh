@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Live migration of a QEMU guest (TCG) between two ports of one daemon, during traffic:
+#  - source QEMU on port vale0:src, destination QEMU (`-incoming`) on port vale0:dst, the peer a
+#    network namespace behind host port vale0:<tap>;
+#  - the guest pings the peer all along and receives a 24 MiB file over TCP from it; the
+#    migration starts while the file is arriving;
+#  - after the migration the ping continues from the destination (at most a few replies lost),
+#    the file's SHA-256 in the guest equals the sender's (no page the back-end wrote during the
+#    migration was stale in the destination), the switch forwards to the new port, and the
+#    daemon's dirty log counted pages. Prints the downtime and the dirty-log page count.
+# Not in scripts/test.sh yet: about one run in three ends with the destination guest broken (see
+# docs/operating.md, "Live migration"); run it by hand, several times.
+. "$(dirname "$0")/lib.sh"
+echo "live-migration"
+TAG=$(($$ % 100000))
+NS=vnmig$TAG; TAP=vnmt$TAG
+IMAGE=${GUEST_IMAGE:-/tmp/vhost-netmap-guest}
+MEMORY=384M
+QPIDS=()
+mig_cleanup() {
+  for p in "${QPIDS[@]}"; do kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  ip netns del "$NS" 2>/dev/null
+}
+trap 'mig_cleanup; cleanup' EXIT
+
+# HMP command on a QEMU monitor socket; prints the answer.
+hmp() {
+  python3 - "$1" "$2" <<'PY'
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.settimeout(2)
+def drain():
+    out = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk: break
+            out += chunk
+            if out.endswith(b"(qemu) "): break
+    except socket.timeout:
+        pass
+    return out
+banner = drain()
+s.sendall(sys.argv[2].encode() + b"\n")
+answer = drain()
+with open(sys.argv[1] + ".log", "ab") as log:
+    log.write(b"=== " + sys.argv[2].encode() + b"\n" + banner + b"\n---\n" + answer + b"\n")
+print(answer.decode(errors="replace").replace("\r", ""))
+PY
+}
+
+ip netns add "$NS" || { fail "cannot create a network namespace"; finish; exit 1; }
+start_daemon --port "vale0:src=$WORK/src.sock" --port "vale0:dst=$WORK/dst.sock" --host-port "vale0:$TAP" || { finish; exit 1; }
+ip link set "$TAP" netns "$NS" && ip -n "$NS" link set lo up && ip -n "$NS" addr add 10.78.0.1/24 dev "$TAP" && ip -n "$NS" link set "$TAP" up \
+  || { fail "cannot set up $TAP in $NS"; finish; exit 1; }
+
+"$ROOT/qemu-glue/guest/build-image.sh" "$IMAGE" > "$WORK/image.log" 2>&1 || { fail "guest image: $(tail -2 "$WORK/image.log")"; finish; exit 1; }
+cat > "$WORK/vn-script" <<'SCRIPT'
+#!/bin/sh
+# Ping the peer all along; take a file over TCP; report both.
+ping -i 0.2 -c 150 -W 1 10.78.0.1 > /tmp/ping.log 2>&1 &
+echo "VN: listening"
+nc -l -p 5000 > /tmp/file
+SUM=$(sha256sum /tmp/file | cut -d' ' -f1)
+echo "VN: file $(wc -c < /tmp/file) bytes sha256 $SUM"
+# The file is 8-byte words each holding its own offset: where it differs, say what is there.
+if ! grep -q "vn.expect=$SUM" /proc/cmdline; then
+  od -A d -t u8 -w8 -v /tmp/file | awk '$1 != $2 { if (n < 12) print "VN: at " $1 " found " $2; n++ } END { print "VN: " n+0 " words differ" }'
+fi
+wait
+echo "VN: ping $(grep 'packets transmitted' /tmp/ping.log || tail -3 /tmp/ping.log | tr '\n' ' ')"
+SCRIPT
+chmod 755 "$WORK/vn-script"
+(cd "$WORK" && echo vn-script | busybox cpio -o -H newc 2>/dev/null | gzip -1) > "$WORK/script.cpio.gz"
+cat "$IMAGE/initramfs.cpio.gz" "$WORK/script.cpio.gz" > "$WORK/initramfs.cpio.gz"
+
+MAC=52:54:00:00:77:01
+qemu() { # qemu NAME SOCKET [extra...]
+  local name=$1 sock=$2; shift 2
+  qemu-system-x86_64 -accel tcg -m "$MEMORY" -smp 1 -nographic -no-reboot -nodefaults \
+    -serial "file:$WORK/serial-$name.log" -monitor "unix:$WORK/$name.mon,server=on,wait=off" -display none \
+    $("$BIN" qemu-args --socket "$sock" --memory "$MEMORY" --mac "$MAC" --no-msix) \
+    -kernel "$IMAGE/vmlinux" -initrd "$WORK/initramfs.cpio.gz" \
+    -append "console=ttyS0 panic=-1 quiet cryptomgr.notests vn.mode=script vn.ip=10.78.0.2/24 vn.peer=10.78.0.1 vn.expect=$SENT_SUM" \
+    "$@" > "$WORK/qemu-$name.log" 2>&1 &
+  QPIDS+=("$!")
+}
+python3 -c "import struct,sys; sys.stdout.buffer.write(b''.join(struct.pack('<Q', o) for o in range(0, 24 << 20, 8)))" > "$WORK/file"
+SENT_SUM=$(sha256sum "$WORK/file" | cut -d' ' -f1)
+qemu src "$WORK/src.sock"
+SRC_PID=${QPIDS[0]}
+wait_for grep -aq "VN: listening" "$WORK/serial-src.log" || { fail "the guest did not come up: $(tail -3 "$WORK/serial-src.log")"; finish; exit 1; }
+qemu dst "$WORK/dst.sock" -incoming "unix:$WORK/migration.sock"
+DST_PID=${QPIDS[1]}
+wait_for test -S "$WORK/dst.mon" || { fail "destination QEMU did not start: $(tail -3 "$WORK/qemu-dst.log")"; finish; exit 1; }
+
+# The sender: 24 MiB at about 3 MiB/s, so that the migration happens mid-file. The file's 8-byte
+# words hold their own offsets: a guest whose copy differs says where and what it found there.
+ip netns exec "$NS" python3 - "$WORK/file" > "$WORK/sender.log" 2>&1 <<'PY' &
+import socket, sys, time
+data = open(sys.argv[1], "rb").read()
+s = socket.create_connection(("10.78.0.2", 5000), timeout=60)
+for i in range(0, len(data), 64 << 10):
+    s.sendall(data[i:i + (64 << 10)])
+    time.sleep(0.02)
+s.shutdown(socket.SHUT_WR)
+s.close()
+print("sent", len(data))
+PY
+SENDER=$!
+sleep 2
+[ -S "$WORK/src.mon" ] || { fail "no monitor socket for the source QEMU: $(ls "$WORK")"; finish; exit 1; }
+MIG_START=$(date +%s.%N)
+hmp "$WORK/src.mon" "migrate -d unix:$WORK/migration.sock" > /dev/null
+status=""
+for _ in $(seq 600); do
+  status=$(hmp "$WORK/src.mon" "info migrate")
+  echo "$status" | grep -q "Migration status: \(completed\|failed\|cancelled\)\|Migration disabled\|blocked" && break
+  sleep 0.1
+done
+echo "$status" > "$WORK/info-migrate.log"
+MIG_END=$(date +%s.%N)
+if echo "$status" | grep -q "Migration status: completed"; then
+  pass "migration completed in $(python3 -c "print(f'{$MIG_END - $MIG_START:.1f}')") s, downtime $(echo "$status" | sed -n 's/^downtime: //p')"
+else
+  fail "migration did not complete: $(echo "$status" | grep -i 'status')"
+fi
+PAGES=$(port_field vale0:src device.dirtyLog.pagesMarked 2>/dev/null)
+[ "${PAGES:-0}" -gt 0 ] 2>/dev/null && pass "the back-end marked $PAGES dirty pages during the migration" || fail "no dirty pages logged (got '$PAGES')"
+hmp "$WORK/src.mon" "quit" > /dev/null
+wait "$SRC_PID" 2>/dev/null
+wait "$SENDER" && pass "sender: $(cat "$WORK/sender.log")" || fail "sender failed: $(tail -2 "$WORK/sender.log")"
+# The destination runs the rest of the script and powers off.
+for _ in $(seq 900); do kill -0 "$DST_PID" 2>/dev/null || break; sleep 0.1; done
+grep -a "VN:" "$WORK/serial-dst.log" | tr -d '\r' | sed 's/^/    dst: /'
+GOT_SUM=$(grep -a "VN: file" "$WORK/serial-dst.log" | tr -d '\r' | sed -n 's/.*sha256 //p')
+expect_eq "file SHA-256 in the migrated guest" "$GOT_SUM" "$SENT_SUM"
+
+RECEIVED=$(grep -a "packets transmitted" "$WORK/serial-dst.log" | tr -d '\r' | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+[ "${RECEIVED:-0}" -ge 140 ] 2>/dev/null && pass "ping: $RECEIVED of 150 replies across the migration" || fail "ping: ${RECEIVED:-no} replies of 150"
+DST_IN=$(port_field vale0:dst counters.inPackets)
+[ "${DST_IN:-0}" -gt 100 ] 2>/dev/null && pass "the switch took $DST_IN frames from the destination port" || fail "destination port took ${DST_IN:-no} frames"
+finish
