@@ -125,13 +125,7 @@ public struct LogRegion: Equatable, Sendable {
     public var offset: UInt64
     public init(size: UInt64, offset: UInt64) { self.size = size; self.offset = offset }
     public init(_ p: UnsafeRawBufferPointer) {
-        size = p.loadUnaligned(fromByteOffset: 0, as: UInt64.self)
-        offset = p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+        self.init(size: p.loadUnaligned(as: UInt64.self), offset: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
     }
-    public func encoded() -> [UInt8] {
-        var out = [UInt8]()
-        out.appendLittleEndian(size)
-        out.appendLittleEndian(offset)
-        return out
-    }
+    public func encoded() -> [UInt8] { [size, offset].flatMap { withUnsafeBytes(of: $0.littleEndian) { Array($0) } } }
 }

@@ -110,9 +110,7 @@ public final class SplitQueue: @unchecked Sendable {
         usedIndex = Self.load16(u + SplitRingLayout.usedIndexOffset)
         cachedAvailIndex = lastAvailIndex
         signalledValid = false
-        broken = false
-        brokenReason = nil
-        brokenReported = false
+        clearBroken()
     }
 
     /// Places the ring at `index` (SET_VRING_BASE, or a resynchronisation to the used index):
@@ -171,14 +169,19 @@ public final class SplitQueue: @unchecked Sendable {
         used = nil
         memory = nil
         size = 0
-        broken = false
-        brokenReason = nil
-        brokenReported = false
+        clearBroken()
     }
 
     public func markBroken(_ reason: String) {
         broken = true
         brokenReason = reason
+    }
+
+    /// A new layout or none: whatever broke the old one is forgotten.
+    private func clearBroken() {
+        broken = false
+        brokenReason = nil
+        brokenReported = false
     }
 
     @inline(__always) public static func load16(_ p: UnsafeMutableRawPointer) -> UInt16 {
