@@ -8,14 +8,17 @@
 #    the file's SHA-256 in the guest equals the sender's (no page the back-end wrote during the
 #    migration was stale in the destination), the switch forwards to the new port, and the
 #    daemon's dirty log counted pages. Prints the downtime and the dirty-log page count.
-# Not in scripts/test.sh yet: about one run in three ends with the destination guest broken (see
-# docs/operating.md, "Live migration"); run it by hand, several times.
+# Not in scripts/test.sh: about one run in three ends with the destination guest broken, with
+# DPDK's vhost library as the back-end too (docs/operating.md, "Live migration"); run it by hand.
 . "$(dirname "$0")/lib.sh"
 echo "live-migration"
 TAG=$(($$ % 100000))
 NS=vnmig$TAG; TAP=vnmt$TAG
 IMAGE=${GUEST_IMAGE:-/tmp/vhost-netmap-guest}
 MEMORY=384M
+# STREAM_MIB=0: the ping alone (no TCP stream), to tell heavy receive traffic apart;
+# QEMU_EXTRA: more QEMU options for both sides (e.g. -global virtio-net-pci.mrg_rxbuf=off).
+STREAM_MIB=${STREAM_MIB:-24}
 QPIDS=()
 mig_cleanup() {
   for p in "${QPIDS[@]}"; do kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
@@ -61,7 +64,7 @@ cat > "$WORK/vn-script" <<'SCRIPT'
 # Ping the peer all along; take a file over TCP; report both.
 ping -i 0.2 -c 150 -W 1 10.78.0.1 > /tmp/ping.log 2>&1 &
 echo "VN: listening"
-nc -l -p 5000 > /tmp/file
+if grep -q "vn.stream=0" /proc/cmdline; then sleep 20; : > /tmp/file; else nc -l -p 5000 > /tmp/file; fi
 SUM=$(sha256sum /tmp/file | cut -d' ' -f1)
 echo "VN: file $(wc -c < /tmp/file) bytes sha256 $SUM"
 # The file is 8-byte words each holding its own offset: where it differs, say what is there.
@@ -82,11 +85,11 @@ qemu() { # qemu NAME SOCKET [extra...]
     -serial "file:$WORK/serial-$name.log" -monitor "unix:$WORK/$name.mon,server=on,wait=off" -display none \
     $("$BIN" qemu-args --socket "$sock" --memory "$MEMORY" --mac "$MAC" --no-msix) \
     -kernel "$IMAGE/vmlinux" -initrd "$WORK/initramfs.cpio.gz" \
-    -append "console=ttyS0 panic=-1 quiet cryptomgr.notests vn.mode=script vn.ip=10.78.0.2/24 vn.peer=10.78.0.1 vn.expect=$SENT_SUM" \
-    "$@" > "$WORK/qemu-$name.log" 2>&1 &
+    -append "console=ttyS0 panic=-1 quiet cryptomgr.notests vn.mode=script vn.ip=10.78.0.2/24 vn.peer=10.78.0.1 vn.expect=$SENT_SUM vn.stream=$STREAM_MIB" \
+    ${QEMU_EXTRA:-} "$@" > "$WORK/qemu-$name.log" 2>&1 &
   QPIDS+=("$!")
 }
-python3 -c "import struct,sys; sys.stdout.buffer.write(b''.join(struct.pack('<Q', o) for o in range(0, 24 << 20, 8)))" > "$WORK/file"
+python3 -c "import struct,sys; sys.stdout.buffer.write(b''.join(struct.pack('<Q', o) for o in range(0, $STREAM_MIB << 20, 8)))" > "$WORK/file"
 SENT_SUM=$(sha256sum "$WORK/file" | cut -d' ' -f1)
 qemu src "$WORK/src.sock"
 SRC_PID=${QPIDS[0]}
@@ -97,7 +100,7 @@ wait_for test -S "$WORK/dst.mon" || { fail "destination QEMU did not start: $(ta
 
 # The sender: 24 MiB at about 3 MiB/s, so that the migration happens mid-file. The file's 8-byte
 # words hold their own offsets: a guest whose copy differs says where and what it found there.
-ip netns exec "$NS" python3 - "$WORK/file" > "$WORK/sender.log" 2>&1 <<'PY' &
+[ "$STREAM_MIB" -gt 0 ] && ip netns exec "$NS" python3 - "$WORK/file" > "$WORK/sender.log" 2>&1 <<'PY' &
 import socket, sys, time
 data = open(sys.argv[1], "rb").read()
 s = socket.create_connection(("10.78.0.2", 5000), timeout=60)
@@ -130,7 +133,9 @@ PAGES=$(port_field vale0:src device.dirtyLog.pagesMarked 2>/dev/null)
 [ "${PAGES:-0}" -gt 0 ] 2>/dev/null && pass "the back-end marked $PAGES dirty pages during the migration" || fail "no dirty pages logged (got '$PAGES')"
 hmp "$WORK/src.mon" "quit" > /dev/null
 wait "$SRC_PID" 2>/dev/null
-wait "$SENDER" && pass "sender: $(cat "$WORK/sender.log")" || fail "sender failed: $(tail -2 "$WORK/sender.log")"
+if [ "$STREAM_MIB" -gt 0 ]; then
+  wait "$SENDER" && pass "sender: $(cat "$WORK/sender.log")" || fail "sender failed: $(tail -2 "$WORK/sender.log")"
+fi
 # The destination runs the rest of the script and powers off.
 for _ in $(seq 900); do kill -0 "$DST_PID" 2>/dev/null || break; sleep 0.1; done
 grep -a "VN:" "$WORK/serial-dst.log" | tr -d '\r' | sed 's/^/    dst: /'
