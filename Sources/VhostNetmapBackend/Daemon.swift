@@ -83,6 +83,10 @@ public final class Daemon: @unchecked Sendable {
         for name in options.ports.map(\.fullName) + options.hostPorts.map(\.fullName) {
             guard seen.insert(name).inserted else { throw DaemonError.startup("port \(name) given twice") }
         }
+        var paths: Set<String> = []
+        for path in options.ports.compactMap(\.socketPath) + [options.controlSocket].compactMap({ $0 }) {
+            guard paths.insert(path).inserted else { throw DaemonError.startup("socket path \(path) given twice") }
+        }
         for spec in options.ports { _ = try attachPort(spec) }
         for spec in options.hostPorts { try attachHostPort(spec) }
         if let path = options.controlSocket {

@@ -98,7 +98,13 @@ final class FrontEndSupervisor {
     /// A listening socket at `path` (its directory created), removed again by `removeSocketFiles`.
     func listen(path: String, mode: mode_t?) throws -> OwnedDescriptor {
         try makeParentDirectory(path)
-        let socket = try UnixSocket.listen(path: path, mode: mode)
+        let socket: OwnedDescriptor
+        do {
+            socket = try UnixSocket.listen(path: path, mode: mode)
+        } catch {
+            guard error == .addressInUse else { throw error }
+            throw DaemonError.startup("\(path) is in use: another process (another vhost-netmap?) listens on it; stop it or choose another path")
+        }
         createdSocketPaths.append(path)
         return socket
     }

@@ -9,9 +9,14 @@ public enum UnixSocket {
         let fd = OwnedDescriptor(adopting: try Posix.check(socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0)))
         var addr = sockaddr_un()
         let len = try Posix.checkShim(cvh_sockaddr_un(&addr, path))
-        // A stale socket file from an earlier run would make bind fail; only a socket is removed.
+        // A stale socket file from an earlier run would make bind fail; only a socket nobody
+        // listens on is removed. One that answers a connect belongs to a live process: taking
+        // it over would leave that process unreachable, so the caller is told (EADDRINUSE).
         var st = stat()
-        if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
+        if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK {
+            if (try? connect(path: path, nonBlocking: false)) != nil { throw .addressInUse }
+            unlink(path)
+        }
         _ = try Posix.check(withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd.rawValue, $0, socklen_t(len)) }
         })

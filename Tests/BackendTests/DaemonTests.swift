@@ -241,6 +241,47 @@ final class RunningDaemon: @unchecked Sendable {
         }
     }
 
+    /// A second daemon on the same socket paths refuses to start, naming the path, and leaves the
+    /// first one's sockets alone (it still answers); a stale socket (nobody listening) is reused.
+    @Test func liveSocketsAreNeverTakenOver() throws {
+        let first = try RunningDaemon(ports: ["vale0:a"])
+        defer { _ = first.stop() }
+        let dir = first.directory
+        let port = try PortSpec.parse("vale0:a=\(dir)/a.sock")
+        #expect { try Daemon(options: DaemonOptions(ports: [port]), logger: quietLogger) } throws: {
+            "\($0)".contains("\(dir)/a.sock is in use")
+        }
+        #expect { try Daemon(options: DaemonOptions(ports: [], controlSocket: "\(dir)/control.sock"), logger: quietLogger) } throws: {
+            "\($0)".contains("\(dir)/control.sock is in use")
+        }
+        #expect(FileManager.default.fileExists(atPath: "\(dir)/a.sock"))
+        // The first daemon still serves its port (once the refused daemons' probe connections,
+        // which it saw come and go, are torn down).
+        var answered = false
+        for _ in 0..<100 where !answered {
+            let fe = VhostUserFrontEnd(socket: try UnixSocket.connect(path: "\(dir)/a.sock", nonBlocking: false))
+            answered = (try? fe.callU64(.getQueueNum)) == 1
+            if !answered { usleep(20_000) }
+        }
+        #expect(answered)
+        // A stale socket file: bound, never listened on, closed.
+        let stalePath = "\(dir)/stale.sock"
+        _ = try UnixSocket.listen(path: stalePath)
+        let stale = try Daemon(options: DaemonOptions(ports: [try PortSpec.parse("vale1:s=\(stalePath)")]), logger: quietLogger)
+        _ = stale
+    }
+
+    /// Two ports (or a port and the control socket) on one path are refused before anything starts.
+    @Test func oneSocketPathServesOnePort() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vn-dup-\(getpid())").path
+        let a = try PortSpec.parse("vale0:a=\(dir)/x.sock"), b = try PortSpec.parse("vale0:b=\(dir)/x.sock")
+        #expect { try Daemon(options: DaemonOptions(ports: [a, b]), logger: quietLogger) } throws: { "\($0)".contains("given twice") }
+        #expect { try Daemon(options: DaemonOptions(ports: [a], controlSocket: "\(dir)/x.sock"), logger: quietLogger) } throws: {
+            "\($0)".contains("given twice")
+        }
+        #expect(!FileManager.default.fileExists(atPath: "\(dir)/x.sock"))
+    }
+
     @Test func stopRemovesSocketsAndReturnsZero() throws {
         let d = try RunningDaemon(ports: ["vale0:a"])
         #expect(FileManager.default.fileExists(atPath: d.socket("a")))
