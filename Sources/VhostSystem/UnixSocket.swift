@@ -14,7 +14,7 @@ public enum UnixSocket {
         // it over would leave that process unreachable, so the caller is told (EADDRINUSE).
         var st = stat()
         if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK {
-            if (try? connect(path: path, nonBlocking: false)) != nil { throw .addressInUse }
+            if isListening(path) { throw .addressInUse }
             unlink(path)
         }
         _ = try Posix.check(withUnsafePointer(to: &addr) {
@@ -23,6 +23,21 @@ public enum UnixSocket {
         if let mode { chmod(path, mode) }
         _ = try Posix.check(Glibc.listen(fd.rawValue, backlog))
         return fd
+    }
+
+    /// Whether a process listens on the socket at `path`. The probe never blocks: a listener whose
+    /// backlog is full (EAGAIN) is still a listener; only ECONNREFUSED and the like mean stale.
+    public static func isListening(_ path: String) -> Bool {
+        guard let fd = try? Posix.check(socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0)) else {
+            return false
+        }
+        let probe = OwnedDescriptor(adopting: fd)
+        var addr = sockaddr_un()
+        guard let len = try? Posix.checkShim(cvh_sockaddr_un(&addr, path)) else { return false }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(probe.rawValue, $0, socklen_t(len)) }
+        }
+        return rc == 0 || errno == EAGAIN || errno == EINPROGRESS
     }
 
     /// A non-blocking accepted connection, or nil when none is pending.

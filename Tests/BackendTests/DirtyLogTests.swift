@@ -31,15 +31,10 @@ final class FrontEndLog {
 
     func clear() { memset(mapping.base, 0, bytes) }
 
-    func message(size: UInt64? = nil, offset: UInt64 = 0) -> VhostUserMessage {
-        VhostUserMessage.forTest(.setLogBase, LogRegion(size: size ?? UInt64(bytes), offset: offset).encoded(),
-                                 fds: [OwnedDescriptor(adopting: dup(descriptor.rawValue))])
-    }
-}
-
-extension VhostUserMessage {
-    static func forTest(_ r: VhostUserRequest, _ payload: [UInt8], fds: [OwnedDescriptor]) -> VhostUserMessage {
-        message(r, payload, fds: fds)
+    /// SET_LOG_BASE for this log (a duplicate of its descriptor, as a front-end sends it).
+    func setLogBase(size: UInt64? = nil, offset: UInt64 = 0) -> VhostUserMessage {
+        message(.setLogBase, LogRegion(size: size ?? UInt64(bytes), offset: offset).encoded(),
+                fds: [OwnedDescriptor(adopting: dup(descriptor.rawValue))])
     }
 }
 
@@ -56,7 +51,7 @@ func pages(_ address: UInt64, _ length: Int) -> Set<UInt64> {
     @Test func marksExactlyThePagesTheDeviceWrites() throws {
         let (vale, a, b) = try startedPair()
         let log = try FrontEndLog(bytes: Int(DirtyLog.byteCount(coveringUpTo: UInt64(b.memory.size))))
-        try b.handle(log.message())
+        try b.handle(log.setLogBase())
         // Before LOG_ALL: traffic marks nothing.
         b.postReceiveBuffers(4, size: 6000)
         a.send(ethernet(to: b.mac, from: a.mac, payload: 1000))
@@ -91,7 +86,7 @@ func pages(_ address: UInt64, _ length: Int) -> Set<UInt64> {
     @Test func aTransmittingGuestHasItsUsedRingMarked() throws {
         let (vale, a, b) = try startedPair()
         let log = try FrontEndLog(bytes: Int(DirtyLog.byteCount(coveringUpTo: UInt64(a.memory.size))))
-        try a.handle(log.message())
+        try a.handle(log.setLogBase())
         try a.handle(message(.setFeatures, u64(a.features.union(.logAll).rawValue)))
         let tx = a.tx[0]
         let ta = tx.addresses
@@ -110,14 +105,14 @@ func pages(_ address: UInt64, _ length: Int) -> Set<UInt64> {
 extension HostileMessages {
     @Test func badLogsAreRefused() throws {
         let log = try FrontEndLog(bytes: 4096)
-        refused(log.message(), by: .refused(.setLogBase, .notNegotiated(.logSHMFD)))
+        refused(log.setLogBase(), by: .refused(.setLogBase, .notNegotiated(.logSHMFD)))
         try victim.start()
         let needed = DirtyLog.byteCount(coveringUpTo: UInt64(victim.memory.size))
-        refused(log.message(size: 0), by: .refused(.setLogBase, .dirtyLog(DirtyLog.SetupError.emptyLog.description)))
-        refused(log.message(size: 4096, offset: 1), by: .refused(.setLogBase, .dirtyLog(DirtyLog.SetupError.beyondFileEnd(needed: 4097, fileSize: 4096).description)))
-        refused(log.message(size: 16, offset: .max - 8), by: .refused(.setLogBase, .dirtyLog(DirtyLog.SetupError.addressOverflow.description)))
-        refused(log.message(size: 1 << 40), by: .refused(.setLogBase, .dirtyLog(DirtyLog.SetupError.tooLarge(1 << 40).description)))
-        refused(log.message(size: needed - 1), by: .refused(.setLogBase, .dirtyLog(DirtyLog.SetupError.tooSmallForMemory(needed - 1, needed: needed).description)))
+        refused(log.setLogBase(size: 0), by: .refused(.setLogBase, .dirtyLog(DirtyLog.SetupError.emptyLog.description)))
+        refused(log.setLogBase(size: 4096, offset: 1), by: .refused(.setLogBase, .dirtyLog(DirtyLog.SetupError.beyondFileEnd(needed: 4097, fileSize: 4096).description)))
+        refused(log.setLogBase(size: 16, offset: .max - 8), by: .refused(.setLogBase, .dirtyLog(DirtyLog.SetupError.addressOverflow.description)))
+        refused(log.setLogBase(size: 1 << 40), by: .refused(.setLogBase, .dirtyLog(DirtyLog.SetupError.tooLarge(1 << 40).description)))
+        refused(log.setLogBase(size: needed - 1), by: .refused(.setLogBase, .dirtyLog(DirtyLog.SetupError.tooSmallForMemory(needed - 1, needed: needed).description)))
         // No descriptor, two descriptors, a short payload: framing.
         #expect(throws: ProtocolError.self) { try victim.handle(message(.setLogBase, LogRegion(size: 4096, offset: 0).encoded())) }
         #expect(throws: ProtocolError.self) {
@@ -130,7 +125,7 @@ extension HostileMessages {
         #expect(throws: ProtocolError.self) { try victim.handle(message(.setLogFD, [], fds: [OwnedDescriptor(adopting: dup(log.descriptor.rawValue))])) }
         try victim.handle(message(.setLogFD, [], fds: [try EventFD.make()]))
         // A log that fits is taken, and traffic of the bystanders is not logged into it.
-        try victim.handle(log.message())
+        try victim.handle(log.setLogBase())
         bystandersStillWork()
         #expect(log.markedPages.isEmpty)
     }
