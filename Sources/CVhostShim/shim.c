@@ -296,3 +296,10 @@ long cvh_packet_ring_drops(int fd) {
     if (getsockopt(fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) < 0) return -errno;
     return st.tp_drops;
 }
+
+int cvh_peer_pid(int sock) {
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) return -errno;
+    return cred.pid;
+}

@@ -128,6 +128,9 @@ public struct NetmapPortName: Equatable, Sendable, CustomStringConvertible {
             let port = String(chars[(colon + 1)..<j])
             guard !port.isEmpty else { throw fail(colon + 1, "missing port name after ':'") }
             guard port.count <= 15 else { throw fail(colon + 1, "port name '\(port)' is longer than 15 characters") }
+            if j < chars.count, "-^*".contains(chars[j]) {
+                throw fail(j, "'\(chars[j])' is not allowed in a VALE port name: expected [A-Za-z0-9_] after '\(sw):\(port)' (VALE ports have no ring modes)")
+            }
             kind = .vale(switchName: sw, port: port)
             i = j
         } else {
@@ -213,7 +216,12 @@ public struct NetmapPortName: Equatable, Sendable, CustomStringConvertible {
         }
         // @memid and @options.
         while i < chars.count {
-            guard chars[i] == "@" else { throw fail(i, "unexpected '\(chars[i])'") }
+            guard chars[i] == "@" else {
+                if chars[i] == ":", case .interface(let n) = kind {
+                    throw fail(i, "':' after '\(n)': a switch name starts with 'vale' (valeX:port, e.g. vale0:vm1); an interface name (eth0) has no ':'")
+                }
+                throw fail(i, "unexpected '\(chars[i])': expected a pipe ({id, }id), a ring mode (^ * -K), flags (/xztrRT) or @options here")
+            }
             var j = i + 1
             while j < chars.count, chars[j] != "@" { j += 1 }
             let item = String(chars[(i + 1)..<j])

@@ -19,6 +19,29 @@ final class Connection {
 
     enum Outcome { case open, closed(String) }
 
+    /// What the front-end did, to say why it left: messages handled, the last one, and whether
+    /// it got as far as choosing features.
+    private(set) var messagesHandled = 0
+    private(set) var lastRequest: VhostUserRequest?
+    private(set) var featuresChosen = false
+    let connectedAt = ContinuousClock.now
+
+    /// A likely reason when a front-end closes the connection itself before the device runs: it
+    /// asked for more queue pairs than offered, or needs features the back-end lacks.
+    var probableLeaveReason: String? {
+        guard !featuresChosen || lastRequest == .getQueueNum else { return nil }
+        switch lastRequest {
+        case .getQueueNum:
+            return "it left right after asking the queue count: it wants more than the \(device.queuePairs) queue pair(s) this port offers (QEMU queues=N, virtio-user queues=N); give the port queues=N"
+        case .getFeatures, .getProtocolFeatures, .setProtocolFeatures:
+            return "it left during feature negotiation: it may need a feature this back-end does not offer (offered 0x\(String(VhostNetDevice.offeredFeatures.rawValue, radix: 16)))"
+        case nil:
+            return "it sent no message"
+        default:
+            return nil
+        }
+    }
+
     /// Bytes the next receive may take (the rest of the current message, so descriptors stay
     /// with their message).
     var wantedLength: Int { reader.wantedLength }
@@ -43,6 +66,9 @@ final class Connection {
     }
 
     private func dispatch(_ m: VhostUserMessage) -> Outcome {
+        messagesHandled += 1
+        lastRequest = m.request
+        if m.request == .setFeatures { featuresChosen = true }
         let ackWanted = m.header.needsReply && device.protocolFeatures.contains(.replyAck)
         do {
             switch try device.handle(m) {

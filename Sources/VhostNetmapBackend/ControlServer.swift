@@ -8,6 +8,8 @@ protocol ControlCommands: AnyObject {
     func statisticsJSON(pretty: Bool) -> String
     func forwardingTableJSON() -> String
     func listPorts(_ filter: String) -> String
+    /// Where a port attached without a socket path gets one.
+    var socketDirectory: String { get }
     func portExists(_ name: String) -> Bool
     /// Adds a vhost-user port; returns its index on its switch.
     func attachPort(_ spec: PortSpec) throws -> Int
@@ -16,21 +18,81 @@ protocol ControlCommands: AnyObject {
     func detachPort(_ name: String) -> String?
 }
 
-/// The control socket: one short request line per connection, read through io_uring; the answer
-/// is sent and the connection closed. A client that sends nothing is dropped after 5 s.
-struct ControlServer {
+/// The control socket, read through io_uring. A client sends one or more command lines (a line
+/// may arrive in pieces); every complete line is answered in order, and the connection is closed
+/// once no partial line is pending (a last line without its newline counts when the client
+/// shuts its side down). A client gets 5 s, a line at most 4 KiB, and at most `maxClients`
+/// are served at once: the next ones are told so and closed (a local flood cannot starve
+/// the front-ends of descriptors).
+final class ControlServer {
     unowned let commands: any ControlCommands
     let loop: EventLoop
     let logger: Logger
+    static let maxClients = 32
+    static let maxLineLength = 4096
+    static let idleNanoseconds: UInt64 = 5_000_000_000
+    private(set) var clients = 0
+    private var refusals = RateLimitedLog(interval: 10)
+
+    init(commands: any ControlCommands, loop: EventLoop, logger: Logger) {
+        self.commands = commands
+        self.loop = loop
+        self.logger = logger
+    }
 
     func serve(_ client: OwnedDescriptor) {
-        let request = loop.readRepeatedly(client.rawValue, length: 1024) { bytes, _ in
-            let line = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            let reply = answer(line)
-            Array((reply + "\n").utf8).withUnsafeBytes { _ = try? UnixSocket.send(client.rawValue, $0) }
-            return .stop
+        guard clients < Self.maxClients else {
+            reply("error: busy: \(Self.maxClients) control clients are connected; try again", to: client)
+            refusals.note { suppressed in
+                logger.warning("control socket: refused a client, \(Self.maxClients) already connected\(suppressed > 0 ? " (\(suppressed) more refusals since the last line)" : "")")
+            }
+            return
         }
-        loop.after(nanoseconds: 5_000_000_000) { [loop] in loop.cancel(request) }
+        clients += 1
+        var pending: [UInt8] = []
+        var finished = false
+        let finish = { [unowned self] in
+            guard !finished else { return }
+            finished = true
+            clients -= 1
+        }
+        let request = loop.readRepeatedly(client.rawValue, length: 1024) { [unowned self] bytes, error in
+            guard error == nil, bytes.count > 0 else {
+                // End of stream: a last line without its newline is still a command.
+                if error == nil, !pending.isEmpty { reply(answer(Self.line(pending)), to: client) }
+                finish()
+                return .stop
+            }
+            pending += bytes
+            var answered = false
+            while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                reply(answer(Self.line(pending[..<newline])), to: client)
+                pending.removeSubrange(...newline)
+                answered = true
+            }
+            if pending.count > Self.maxLineLength {
+                reply("error: line longer than \(Self.maxLineLength) bytes", to: client)
+                finish()
+                return .stop
+            }
+            if answered && pending.isEmpty {
+                finish()
+                return .stop
+            }
+            return .keepWatching
+        }
+        loop.after(nanoseconds: Self.idleNanoseconds) { [loop] in
+            loop.cancel(request)
+            finish()
+        }
+    }
+
+    private static func line(_ bytes: some Collection<UInt8>) -> String {
+        String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    private func reply(_ text: String, to client: OwnedDescriptor) {
+        Array((text + "\n").utf8).withUnsafeBytes { _ = try? UnixSocket.send(client.rawValue, $0) }
     }
 
     /// One request line: `stats`, `fdb`, `ping`, and the switch management that `vhost-netmap
@@ -47,7 +109,7 @@ struct ControlServer {
         case "list": return commands.listPorts(argument)
         case "attach":
             do {
-                let spec = try PortSpec.parse(argument)
+                let spec = try PortSpec.parse(argument, socketDirectory: commands.socketDirectory)
                 guard !commands.portExists(spec.fullName) else { return "error: port \(spec.fullName) exists" }
                 let index = try commands.attachPort(spec)
                 logger.notice("control: attached \(spec.fullName) (\(spec.socketPath ?? "?"))")

@@ -26,6 +26,8 @@ public struct DaemonOptions: Sendable {
     /// Kernel mode: how netmap ports are synced unless a port says otherwise (`sync=`).
     public var netmapSync: NetmapSyncMode = .ioctl
     public var controlSocket: String?
+    /// Where ports attached without a socket path get theirs: `<dir>/<switch>/<port>.sock`.
+    public var socketDirectory = PortSpec.defaultSocketDirectory
     public var busyPoll = false
     /// CPU for each switch worker, in order of first appearance of the switch.
     public var workerCPUs: [Int] = []
@@ -75,10 +77,33 @@ public final class Daemon: @unchecked Sendable {
         supervisor = FrontEndSupervisor(loop: loop, logger: logger, options: options)
         supervisor.deviceChanged = { [unowned self] e in updateHostOffloads(on: e.spec.switchName) }
         supervisor.inheritedConnectionClosed = { [unowned self] in loop.stop() }
-        try setUp()
+        do {
+            try setUp()
+        } catch {
+            // A failed start leaves nothing behind: no socket file, no TAP it created, no worker.
+            supervisor.removeSocketFiles()
+            topology.stopWorkers()
+            throw error
+        }
+    }
+
+    /// Descriptors the configured ports may hold at once: per vhost-user port its listener and
+    /// connection, a kick and a call eventfd per ring, memory-table and log fds; per host-port
+    /// queue a TAP fd; the control socket's clients; and a margin for the rest.
+    static func descriptorsNeeded(_ options: DaemonOptions) -> UInt64 {
+        let ports = options.ports.reduce(0) { $0 + 4 + 4 * $1.queuePairs + MemoryTable.maxRegions + 2 }
+        let hostPorts = options.hostPorts.reduce(0) { $0 + 2 * $1.queues }
+        return UInt64(128 + ports + hostPorts + ControlServer.maxClients)
     }
 
     private func setUp() throws {
+        // Ports attached at run time need descriptors too: take what the hard limit allows, at
+        // least what the configured ports need.
+        let needed = Self.descriptorsNeeded(options)
+        let (soft, hard) = Posix.raiseOpenFileLimit(to: max(needed, 65536))
+        guard soft >= needed else {
+            throw DaemonError.startup("the ports need about \(needed) open files but the limit is \(soft) (hard \(hard)); raise it (ulimit -n \(needed), or LimitNOFILE= in the unit)")
+        }
         var seen: Set<String> = []
         for name in options.ports.map(\.fullName) + options.hostPorts.map(\.fullName) {
             guard seen.insert(name).inserted else { throw DaemonError.startup("port \(name) given twice") }
@@ -171,6 +196,7 @@ public final class Daemon: @unchecked Sendable {
 }
 
 extension Daemon: ControlCommands {
+    var socketDirectory: String { options.socketDirectory }
     func forwardingTableJSON() -> String { topology.forwardingTableJSON() }
     func listPorts(_ filter: String) -> String { topology.listPorts(filter) }
 

@@ -24,6 +24,13 @@ final class FrontEndSupervisor {
         var backoff: UInt64 = 0
         var connects = 0
         var removed = false
+        /// Front-ends in a row that left within `shortSession` of connecting.
+        var shortSessions = 0
+        var refused = 0
+        var lastLeaveReason: String?
+        var acceptPause: EventLoop.Token?
+        var refusedFrontEnds = RateLimitedLog(interval: 10)
+        var leaveLoop = RateLimitedLog(interval: 10)
         init(spec: PortSpec, device: VhostNetDevice, vale: VALESwitch) {
             self.spec = spec
             self.device = device
@@ -36,7 +43,8 @@ final class FrontEndSupervisor {
     private let reconnectInitial: UInt64
     private let reconnectMax: UInt64
     private(set) var endpoints: [Endpoint] = []
-    private var createdSocketPaths: [String] = []
+    /// Socket files this process created, with their inodes: only these are ever unlinked.
+    private var createdSockets: [String: SocketFileIdentity] = [:]
     private var running = false
     /// After each message from a front-end and each disconnect (host offloads follow the guests).
     var deviceChanged: (Endpoint) -> Void = { _ in }
@@ -85,12 +93,9 @@ final class FrontEndSupervisor {
         guard let i = endpoints.firstIndex(where: { $0.spec.fullName == name }) else { return nil }
         let e = endpoints.remove(at: i)
         e.removed = true
-        for token in [e.listenerWatch, e.connectionWatch, e.reconnectTimer].compactMap({ $0 }) { loop.cancel(token) }
+        for token in [e.listenerWatch, e.connectionWatch, e.reconnectTimer, e.acceptPause].compactMap({ $0 }) { loop.cancel(token) }
         e.connection = nil
-        if e.listener != nil, let path = e.spec.socketPath {
-            unlink(path)
-            createdSocketPaths.removeAll { $0 == path }
-        }
+        if e.listener != nil, let path = e.spec.socketPath { removeSocketFile(path) }
         e.listener = nil
         return e
     }
@@ -103,9 +108,10 @@ final class FrontEndSupervisor {
             socket = try UnixSocket.listen(path: path, mode: mode)
         } catch {
             guard error == .addressInUse else { throw error }
-            throw DaemonError.startup("\(path) is in use: another process (another vhost-netmap?) listens on it; stop it or choose another path")
+            let owner = UnixSocket.probe(path)?.owner ?? "another process"
+            throw DaemonError.startup("\(path) is in use: \(owner) listens on it; stop it or choose another path")
         }
-        createdSocketPaths.append(path)
+        createdSockets[path] = SocketFileIdentity(path: path)
         return socket
     }
 
@@ -123,7 +129,18 @@ final class FrontEndSupervisor {
     }
 
     func removeSocketFiles() {
-        for path in createdSocketPaths { unlink(path) }
+        for path in createdSockets.keys { removeSocketFile(path) }
+    }
+
+    /// Unlinks `path` if it is still the socket file this process created: one that another
+    /// process put there since (after ours was removed by hand) is left alone.
+    func removeSocketFile(_ path: String) {
+        guard let created = createdSockets.removeValue(forKey: path) else { return }
+        if SocketFileIdentity(path: path) == created {
+            unlink(path)
+        } else {
+            logger.warning("\(path) is no longer the socket this process created: left in place")
+        }
     }
 
     // MARK: Front-end connections
@@ -141,18 +158,57 @@ final class FrontEndSupervisor {
     }
 
     private func acceptFrontEnd(_ socket: OwnedDescriptor, for e: Endpoint) {
-        if e.connection != nil {
-            e.device.logger.warning("refused a second front-end while one is connected")
-            return
+        if let current = e.connection {
+            // A front-end that closed and reconnected at once: its old connection's end of
+            // stream may not have been read yet. It is gone, so the new one is served.
+            if Self.peerHungUp(current.socket.rawValue) {
+                if let watch = e.connectionWatch { loop.cancel(watch) }
+                disconnect(e, why: "front-end closed the connection (seen when it reconnected)")
+            } else {
+                e.refused += 1
+                e.refusedFrontEnds.note { suppressed in
+                    e.device.logger.warning("refused a second front-end while one is connected\(suppressed > 0 ? " (and \(suppressed) more since the last such line)" : "")")
+                }
+                return
+            }
         }
         attach(socket, to: e)
+    }
+
+    /// Whether the peer of a connected socket has closed it (or shut down its writing side).
+    static func peerHungUp(_ fd: CInt) -> Bool {
+        let readHangUp: Int16 = 0x2000  // POLLRDHUP (Linux; Glibc's module map hides it)
+        var pfd = pollfd(fd: fd, events: readHangUp, revents: 0)
+        return poll(&pfd, 1, 0) == 1 && pfd.revents & (readHangUp | Int16(POLLHUP | POLLERR)) != 0
+    }
+
+    /// A front-end that keeps leaving right after it connected (a queue count or feature it
+    /// cannot have, a crash loop) is slowed down: after three such sessions in a row the listener
+    /// pauses (server mode) or the reconnect back-off grows (client mode), and one line per 10 s
+    /// says why.
+    static let shortSession: Duration = .seconds(1)
+
+    private func noteLeave(_ e: Endpoint, connection c: Connection, why: String) -> UInt64? {
+        let short = ContinuousClock.now - c.connectedAt < Self.shortSession && !c.featuresChosen
+        e.shortSessions = short ? e.shortSessions + 1 : 0
+        let reason = c.probableLeaveReason.map { "\(why); \($0)" } ?? why
+        e.lastLeaveReason = reason
+        guard e.shortSessions >= 3 else {
+            e.device.logger.info("front-end disconnected after \(c.messagesHandled) message(s)\(c.lastRequest.map { ", the last \($0)" } ?? ""): \(reason)")
+            return nil
+        }
+        e.backoff = e.backoff == 0 ? reconnectInitial : min(e.backoff * 2, reconnectMax)
+        let delay = e.backoff
+        e.leaveLoop.note { suppressed in
+            e.device.logger.warning("front-end keeps leaving right after connecting (\(e.shortSessions) times in a row\(suppressed > 0 ? ", \(suppressed) not logged" : "")): \(reason); next connection in \(delay / 1_000_000) ms")
+        }
+        return delay
     }
 
     private func connect(_ e: Endpoint) {
         guard let path = e.spec.socketPath, !e.removed else { return }
         do {
             let socket = try UnixSocket.connect(path: path)
-            e.backoff = 0
             attach(socket, to: e)
         } catch {
             e.backoff = e.backoff == 0 ? reconnectInitial : min(e.backoff * 2, reconnectMax)
@@ -184,7 +240,8 @@ final class FrontEndSupervisor {
     }
 
     private func disconnect(_ e: Endpoint, why: String) {
-        e.device.logger.info("front-end disconnected: \(why)")
+        let pause = e.connection.flatMap { noteLeave(e, connection: $0, why: why) }
+        if pause == nil { e.backoff = 0 }
         e.connection = nil
         e.connectionWatch = nil
         e.device.reset(reason: "disconnect")
@@ -193,8 +250,16 @@ final class FrontEndSupervisor {
             e.device.logger.notice("inherited connection closed: stopping")
             inheritedConnectionClosed()
         } else if e.spec.mode == .client {
-            e.backoff = reconnectInitial
-            e.reconnectTimer = loop.after(nanoseconds: e.backoff) { [unowned self] in connect(e) }
+            e.reconnectTimer = loop.after(nanoseconds: pause ?? reconnectInitial) { [unowned self] in connect(e) }
+        } else if let pause, let watch = e.listenerWatch {
+            // Connections wait in the listen backlog meanwhile.
+            loop.cancel(watch)
+            e.listenerWatch = nil
+            e.acceptPause = loop.after(nanoseconds: pause) { [unowned self] in
+                e.acceptPause = nil
+                guard !e.removed, let l = e.listener else { return }
+                e.listenerWatch = loop.acceptRepeatedly(on: l.rawValue, what: e.spec.fullName, logger: logger) { [unowned self] in acceptFrontEnd($0, for: e) }
+            }
         }
     }
 
@@ -225,5 +290,18 @@ extension EventLoop {
                 return .stop
             }
         }
+    }
+}
+
+/// Which file a path names (device and inode), to tell our socket file from a later one.
+struct SocketFileIdentity: Equatable {
+    let device: UInt64
+    let inode: UInt64
+
+    init?(path: String) {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return nil }
+        device = UInt64(st.st_dev)
+        inode = UInt64(st.st_ino)
     }
 }

@@ -46,22 +46,43 @@ public struct PortSpec: Sendable, Equatable {
 
     public static let maxQueuePairs = 16
 
-    /// Parses `valeX:Y=/path/to.sock[,client][,queues=N][,mode=0660][,group=kvm][,sync=ioctl|kloop]`.
-    public static func parse(_ text: String) throws(ParseError) -> PortSpec {
-        guard let eq = text.firstIndex(of: "=") else {
-            throw .message("'\(text)': expected SWITCH:PORT=SOCKET[,client][,queues=N][,mode=0660][,group=G][,sync=ioctl|kloop]")
+    /// Where sockets go unless a path is given: `<dir>/<switch>/<port>.sock`, the control socket
+    /// at `<dir>/control.sock`. The CLI, the hook, run.sh and the docs share this convention.
+    public static let defaultSocketDirectory = "/run/vhost-netmap"
+
+    public static func defaultSocketPath(switchName: String, portName: String, in directory: String = defaultSocketDirectory) -> String {
+        "\(directory)/\(switchName)/\(portName).sock"
+    }
+
+    static let syntax = "SWITCH:PORT[=SOCKET][,client][,queues=N][,mode=0660][,group=G][,sync=ioctl|kloop]"
+
+    /// Parses `valeX:Y[=/path/to.sock][,client][,queues=N][,mode=0660][,group=kvm][,sync=ioctl|kloop]`.
+    /// Without `=SOCKET` a VALE port's socket is `<socketDirectory>/<switch>/<port>.sock`.
+    public static func parse(_ text: String, socketDirectory: String = defaultSocketDirectory) throws(ParseError) -> PortSpec {
+        let name: String
+        var path: String?
+        let rest: [String]
+        if let eq = text.firstIndex(of: "=") , !text[..<eq].contains(",") {
+            name = String(text[..<eq])
+            let fields = text[text.index(after: eq)...].split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            guard let p = fields.first, !p.isEmpty else { throw .message("'\(text)': missing socket path after '=' (\(syntax))") }
+            path = p
+            rest = fields
+        } else {
+            let fields = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            name = fields[0]
+            rest = fields
         }
-        let name = String(text[..<eq])
-        let rest = text[text.index(after: eq)...].split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard !name.isEmpty else { throw .message("'\(text)': expected \(syntax)") }
         let parsed: NetmapPortName
         do { parsed = try NetmapPortName.parse(name) } catch { throw .message(error.description) }
-        guard let path = rest.first, !path.isEmpty else { throw .message("'\(text)': missing socket path after '='") }
         var spec: PortSpec
         if case .vale(let sw, let port) = parsed.kind, parsed.text == "\(sw):\(port)" {
-            spec = PortSpec(switchName: sw, portName: port, socketPath: path)
+            spec = PortSpec(switchName: sw, portName: port, socketPath: path ?? defaultSocketPath(switchName: sw, portName: port, in: socketDirectory))
         } else {
             // A netmap port other than a plain VALE one (a NIC, host rings, a pipe, or flags and
-            // options): only the kernel serves it.
+            // options): only the kernel serves it, and its socket path is given.
+            guard let path else { throw .message("'\(name)': a non-VALE netmap port needs its socket path: \(name)=SOCKET") }
             spec = PortSpec(switchName: "", portName: parsed.text, socketPath: path)
         }
         spec.netmapName = parsed

@@ -14,8 +14,19 @@ extension Daemon {
         public var mode: String
         public var queuePairs: Int
         public var connected: Bool
+        public var frontEnds: FrontEndReport
         public var device: VhostNetDevice.Status
         public var counters: PortCounters
+    }
+
+    /// A port's front-end connections: how many came, were refused, and why the last one left.
+    public struct FrontEndReport: Codable, Sendable {
+        public var connections: Int
+        /// Extra front-ends refused while one was connected.
+        public var refused: Int
+        /// Front-ends in a row that left within a second, before choosing features.
+        public var quickLeavesInARow: Int
+        public var lastLeaveReason: String?
     }
 
     public struct HostPortReport: Codable, Sendable {
@@ -62,7 +73,10 @@ extension Daemon {
                     PortReport(name: e.spec.fullName, index: e.device.portIndex,
                                socket: e.spec.socketPath ?? "fd:\(e.spec.inheritedDescriptor ?? -1)",
                                mode: e.spec.mode.rawValue, queuePairs: e.spec.queuePairs,
-                               connected: e.connection != nil, device: e.device.statusLocked(),
+                               connected: e.connection != nil,
+                               frontEnds: FrontEndReport(connections: e.connects, refused: e.refused,
+                                                         quickLeavesInARow: e.shortSessions, lastLeaveReason: e.lastLeaveReason),
+                               device: e.device.statusLocked(),
                                counters: s.vale.counters[e.device.portIndex])
                 }
                 let taps = topology.hostPorts.filter { $0.vale === s.vale }.map { h in

@@ -36,6 +36,20 @@ public enum Posix {
         return result
     }
 
+    /// Raises the soft open-file limit toward `wanted` (never above the hard limit, never down).
+    /// Returns the soft and hard limits in force afterwards.
+    public static func raiseOpenFileLimit(to wanted: UInt64) -> (soft: UInt64, hard: UInt64) {
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return (0, 0) }
+        let target = min(wanted, UInt64(limit.rlim_max))
+        if UInt64(limit.rlim_cur) < target {
+            var raised = limit
+            raised.rlim_cur = rlim_t(target)
+            if setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+        }
+        return (UInt64(limit.rlim_cur), UInt64(limit.rlim_max))
+    }
+
     public static func setNonBlocking(_ fd: CInt) throws(Errno) {
         let flags = try check(fcntl(fd, F_GETFL))
         _ = try check(fcntl(fd, F_SETFL, flags | O_NONBLOCK))

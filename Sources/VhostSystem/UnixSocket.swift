@@ -25,19 +25,51 @@ public enum UnixSocket {
         return fd
     }
 
-    /// Whether a process listens on the socket at `path`. The probe never blocks: a listener whose
-    /// backlog is full (EAGAIN) is still a listener; only ECONNREFUSED and the like mean stale.
-    public static func isListening(_ path: String) -> Bool {
+    /// Whether a process listens on the socket at `path`.
+    public static func isListening(_ path: String) -> Bool { probe(path) != nil }
+
+    /// Probes the socket at `path`: nil when nobody listens on it (stale or absent), else the
+    /// listener's process id when the kernel tells it (SO_PEERCRED; not while its backlog is full).
+    /// The probe never blocks: a listener whose backlog is full (EAGAIN) is still a listener;
+    /// only ECONNREFUSED and the like mean stale.
+    public static func probe(_ path: String) -> Listener? {
         guard let fd = try? Posix.check(socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0)) else {
-            return false
+            return nil
         }
         let probe = OwnedDescriptor(adopting: fd)
         var addr = sockaddr_un()
-        guard let len = try? Posix.checkShim(cvh_sockaddr_un(&addr, path)) else { return false }
+        guard let len = try? Posix.checkShim(cvh_sockaddr_un(&addr, path)) else { return nil }
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(probe.rawValue, $0, socklen_t(len)) }
         }
-        return rc == 0 || errno == EAGAIN || errno == EINPROGRESS
+        if rc == 0 {
+            let pid = cvh_peer_pid(probe.rawValue)
+            return Listener(processID: pid > 0 ? pid : nil)
+        }
+        return errno == EAGAIN || errno == EINPROGRESS ? Listener(processID: nil) : nil
+    }
+
+    /// A process listening on a socket path.
+    public struct Listener: Sendable, Equatable {
+        public var processID: pid_t?
+
+        /// "process 1234 (vhost-netmap)", or "another process" when the id is unknown.
+        public var owner: String {
+            guard let pid = processID else { return "another process" }
+            return "process \(pid)" + (Self.commandName(of: pid).map { " (\($0))" } ?? "")
+        }
+
+        /// The process's command name from /proc, or nil.
+        static func commandName(of pid: pid_t) -> String? {
+            let fd = open("/proc/\(pid)/comm", O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { return nil }
+            defer { close(fd) }
+            var buffer = [UInt8](repeating: 0, count: 64)
+            let n = read(fd, &buffer, buffer.count)
+            guard n > 0 else { return nil }
+            let name = String(decoding: buffer[..<n], as: UTF8.self).split(separator: "\n").first.map(String.init)
+            return name?.isEmpty == false ? name : nil
+        }
     }
 
     /// A non-blocking accepted connection, or nil when none is pending.

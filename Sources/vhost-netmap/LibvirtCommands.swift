@@ -12,13 +12,13 @@ struct LibvirtXML: ParsableCommand {
         abstract: "Print libvirt XML for a port: <interface> and <memoryBacking>, or a whole domain.")
 
     @Option(help: "The switch port, valeX:Y.") var port: String
-    @Option(help: "Directory of the sockets (the hook's VHOST_NETMAP_SOCKET_DIR).") var socketDir: String = "/run/vhost-netmap"
-    @Option(help: "Guest MAC address.") var mac: String = "52:54:00:00:00:01"
+    @Option(help: "Directory of the sockets (the hook's SOCKET_DIR; default: $VHOST_NETMAP_DIR, else /run/vhost-netmap).") var socketDir: String?
+    @Option(help: "Guest MAC address (default: derived from the port's name).") var mac: String?
     @Option(help: "Queue pairs.") var queues: Int = 1
     @Flag(help: "QEMU listens and the back-end connects (libvirt mode='server'); default: QEMU connects.") var qemuListens = false
     @Flag(help: "Only the <interface> element (for virsh attach-device).") var interfaceOnly = false
     @Option(help: "Print a whole domain with this name.") var domain: String?
-    @Option(help: "Domain memory in MiB.") var memory: Int = 256
+    @Option(help: "Domain memory, as for qemu-args: 256M, 1G, or MiB.") var memory = MemorySize(argument: "256M")!
     @Option(help: "Kernel for direct boot.") var kernel: String?
     @Option(help: "Initramfs for direct boot.") var initrd: String?
     @Option(help: "Kernel command line (pci=nomsi is added: Debian's QEMU 7.2 crashes under TCG with vhost-user and MSI-X).") var cmdline: String = "console=ttyS0 panic=-1"
@@ -28,6 +28,7 @@ struct LibvirtXML: ParsableCommand {
         do { _ = try PortSpec.parseName(port) } catch { throw ValidationError(error.description) }
         if !(1...PortSpec.maxQueuePairs).contains(queues) { throw ValidationError("--queues must be 1...\(PortSpec.maxQueuePairs)") }
         if domain != nil && (kernel == nil || initrd == nil) { throw ValidationError("--domain needs --kernel and --initrd") }
+        if let mac, !DerivedMAC.isValid(mac) { throw ValidationError("--mac '\(mac)': expected six hex bytes of a unicast address, e.g. 52:54:00:12:34:56") }
     }
 
     static func escape(_ s: String) -> String {
@@ -37,10 +38,10 @@ struct LibvirtXML: ParsableCommand {
 
     var interfaceElement: String {
         let (sw, p) = try! PortSpec.parseName(port)
-        let path = "\(socketDir)/\(sw)/\(p).sock"
+        let path = PortSpec.defaultSocketPath(switchName: sw, portName: p, in: socketDir ?? RunDirectory.path)
         var lines = [
             "<interface type='vhostuser'>",
-            "  <mac address='\(Self.escape(mac))'/>",
+            "  <mac address='\(Self.escape(mac ?? DerivedMAC.forName(port)))'/>",
             // QEMU as the client reconnects when the back-end restarts (libvirt ≥ 4.1, seconds).
             qemuListens
                 ? "  <source type='unix' path='\(Self.escape(path))' mode='server'/>"
@@ -74,7 +75,7 @@ struct LibvirtXML: ParsableCommand {
         print("""
             <domain type='qemu'>
               <name>\(Self.escape(domain))</name>
-              <memory unit='MiB'>\(memory)</memory>
+              <memory unit='MiB'>\(memory.mebibytes)</memory>
             \(Self.memoryBacking.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
               <vcpu>1</vcpu>
               <os>

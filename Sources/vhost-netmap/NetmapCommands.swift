@@ -79,12 +79,7 @@ struct Vale: ParsableCommand {
         else if let a = attachHost { command = "attach-host \(a)" }
         else if let d = detach { command = "detach \(d)" }
         else { throw ValidationError("-n, -r, -p and -P need the netmap kernel module (the embedded switch has no persistent interfaces or polling threads)") }
-        let answer: String
-        do {
-            answer = String(decoding: try ControlClient.request(command, socket: control.path), as: UTF8.self)
-        } catch {
-            throw ValidationError("cannot reach the daemon at \(control.path): \(error)")
-        }
+        let answer = try controlAnswer(command, control: control.path)
         if answer.hasPrefix("error:") {
             FileHandle.standardError.write(Data(answer.utf8))
             throw ExitCode(1)

@@ -3,7 +3,8 @@
 # `vhost-netmap libvirt-xml` (type qemu, direct kernel boot of the test image) starts; the qemu
 # hook asks the back-end to create its port; the guest pings the host stack through a host port;
 # a second interface is hot-plugged with `virsh attach-device` onto a port made with `vale -a`;
-# destroying the domain makes the hook remove the port (and its socket).
+# destroying the domain makes the hook remove the port it created (and its socket), and only that:
+# the hot-plugged port the operator made stays.
 . "$(dirname "$0")/lib.sh"
 echo "libvirt"
 TAG=$(($$ % 100000))
@@ -54,6 +55,7 @@ vsh version > /dev/null 2>&1 && pass "libvirtd is up" || { fail "libvirtd did no
 vsh define "$WORK/domain.xml" > "$WORK/define.log" 2>&1 && pass "domain defined from the generated XML" || fail "define: $(cat "$WORK/define.log")"
 vsh start "$DOM" > "$WORK/start.log" 2>&1 && pass "domain started" || fail "start: $(cat "$WORK/start.log")"
 expect_eq "the hook created the port" "$("$BIN" vale --switch embedded --control "$WORK/control.sock" -l vale0:vm1)" "vale0:vm1 bridge 0 port 1"
+expect_eq "the hook recorded the port it created" "$(cat "$SOCKS/libvirt-hook/$DOM.ports" 2>/dev/null)" "vale0:vm1"
 expect_eq "socket group is QEMU's" "$(stat -c %G "$SOCKS/vale0/vm1.sock" 2>/dev/null)" "$(id -gn libvirt-qemu 2>/dev/null || echo kvm)"
 # Hot-plug a second interface (onto a port created with vale -a) while the guest runs.
 "$BIN" vale --switch embedded --control "$WORK/control.sock" -a "vale0:vm1b=$SOCKS/vale0/vm1b.sock,mode=0660,group=$(id -gn libvirt-qemu 2>/dev/null || echo kvm)" > /dev/null
@@ -72,4 +74,6 @@ vsh destroy "$DOM" > /dev/null 2>&1
 wait_for bash -c "! '$BIN' vale --switch embedded --control '$WORK/control.sock' -l | grep -q 'vale0:vm1 '" || true
 expect_eq "the hook removed the port on release" "$("$BIN" vale --switch embedded --control "$WORK/control.sock" -l | grep -c '^vale0:vm1 ')" 0
 [ ! -e "$SOCKS/vale0/vm1.sock" ] && pass "its socket is gone" || fail "vm1.sock still there"
+expect_eq "the operator's hot-plug port stays" "$("$BIN" vale --switch embedded --control "$WORK/control.sock" -l | grep -c '^vale0:vm1b ')" 1
+[ ! -e "$SOCKS/libvirt-hook/$DOM.ports" ] && pass "the hook's record is gone" || fail "record left: $(cat "$SOCKS/libvirt-hook/$DOM.ports")"
 finish

@@ -43,6 +43,8 @@ ssize_t cvh_send_with_fds(int sock, const void *buf, size_t len, const int *fds,
 
 /// Fills a sockaddr_un; returns its length or -ENAMETOOLONG if the path does not fit.
 int cvh_sockaddr_un(struct sockaddr_un *addr, const char *path);
+/// The process id of a connected unix socket's peer (SO_PEERCRED), or -errno.
+int cvh_peer_pid(int sock);
 
 // TAP devices (<linux/if_tun.h>) and interface settings: ioctls whose numbers and structs
 // Swift cannot import. Each returns 0 (or a descriptor) on success, -errno on failure.

@@ -1,0 +1,107 @@
+import ArgumentParser
+import Foundation
+import VhostNetmapBackend
+
+/// Where the daemon's sockets are, for every command: `$VHOST_NETMAP_DIR`, else
+/// /run/vhost-netmap. Ports default to `<dir>/<switch>/<port>.sock`, the control socket to
+/// `<dir>/control.sock`: `serve`, `stats`, `fdb`, `vale`, `qemu-args`, `libvirt-xml`, the libvirt
+/// hook and scripts/run.sh all find each other without flags.
+enum RunDirectory {
+    static var path: String {
+        let value = ProcessInfo.processInfo.environment["VHOST_NETMAP_DIR"] ?? ""
+        return value.isEmpty ? PortSpec.defaultSocketDirectory : value
+    }
+
+    static var controlSocket: String { "\(path)/control.sock" }
+}
+
+/// The running daemon's control socket, for the commands that talk to it.
+struct ControlSocketOption: ParsableArguments {
+    @Option(name: .customLong("control"), help: "The daemon's control socket (default: $VHOST_NETMAP_DIR/control.sock, /run/vhost-netmap/control.sock).")
+    var explicitPath: String?
+
+    var path: String { explicitPath ?? RunDirectory.controlSocket }
+}
+
+/// A failure while running (not a usage mistake): printed as "Error: …" without the usage text,
+/// exit status 1. Usage mistakes exit with 64 (EX_USAGE) and show the usage.
+struct RuntimeError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Sends one command line to the daemon's control socket and returns the answer.
+func controlAnswer(_ command: String, control: String) throws -> String {
+    do {
+        return String(decoding: try ControlClient.request(command, socket: control), as: UTF8.self)
+    } catch {
+        let running = FileManager.default.fileExists(atPath: control)
+            ? "the socket exists but nothing answers: the daemon stopped, or the socket is another user's."
+            : "no socket there: is the daemon running (vhost-netmap serve)?"
+        throw RuntimeError("cannot reach the daemon at \(control) (\(error)); \(running) Give --control PATH, or set VHOST_NETMAP_DIR to the daemon's --socket-dir.")
+    }
+}
+
+/// A memory size as QEMU's -m takes it: a number with an optional K, M, G or T suffix (binary
+/// units; a bare number is MiB). `qemu-args` and `libvirt-xml` both take it.
+struct MemorySize: ExpressibleByArgument, Equatable, CustomStringConvertible {
+    let mebibytes: Int
+
+    init?(argument: String) {
+        let text = argument.uppercased().replacingOccurrences(of: "IB", with: "").replacingOccurrences(of: "B", with: "")
+        let digits = text.prefix { $0.isNumber }
+        guard let n = Int(digits), n > 0 else { return nil }
+        let scale: Int
+        switch text.dropFirst(digits.count) {
+        case "", "M": scale = 1
+        case "G": scale = 1024
+        case "T": scale = 1024 * 1024
+        case "K":
+            guard n % 1024 == 0 else { return nil }
+            self.mebibytes = n / 1024
+            return
+        default: return nil
+        }
+        let (value, overflow) = n.multipliedReportingOverflow(by: scale)
+        guard !overflow, value <= 16 * 1024 * 1024 else { return nil }
+        mebibytes = value
+    }
+
+    /// As QEMU writes it: "1G" when whole gibibytes, else "NM".
+    var description: String { mebibytes % 1024 == 0 ? "\(mebibytes / 1024)G" : "\(mebibytes)M" }
+
+    static var defaultValueDescription: String { "256M" }
+}
+
+/// A stable, locally administered unicast MAC for a port: 52:54:00 (QEMU's prefix; 0x52 has the
+/// locally-administered bit) and three bytes of an FNV-1a hash of the name, so guests on
+/// different ports never share the default address.
+enum DerivedMAC {
+    static func forName(_ name: String) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in name.utf8 {
+            hash ^= UInt64(byte)
+            hash &*= 0x0000_0100_0000_01b3
+        }
+        let tail = (0..<3).map { String(format: "%02x", (hash >> (8 * UInt64($0))) & 0xff) }
+        return "52:54:00:" + tail.joined(separator: ":")
+    }
+
+    static func isValid(_ mac: String) -> Bool {
+        let parts = mac.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 6, parts.allSatisfy({ $0.count == 2 && UInt8($0, radix: 16) != nil }) else { return false }
+        return UInt8(parts[0], radix: 16)! & 1 == 0  // unicast
+    }
+}
+
+/// What the host can run guests with: KVM where the CPU has hardware virtualization and
+/// /dev/kvm is there, else TCG (e.g. inside a VM without nested virtualization).
+enum HostVirtualization {
+    static var kvmUsable: Bool {
+        guard access("/dev/kvm", R_OK | W_OK) == 0,
+              let cpuinfo = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return false }
+        return cpuinfo.split(separator: "\n").contains { line in
+            line.hasPrefix("flags") && line.split(separator: " ").contains { $0 == "vmx" || $0 == "svm" }
+        }
+    }
+}
