@@ -1,8 +1,10 @@
 #!/bin/sh
-# Installs the Debian packages vhost-netmap needs. With "test", also the real peers the
-# tests use (DPDK testpmd, QEMU, busybox for the guest image). Skips what is installed.
+# Installs the Debian packages vhost-netmap needs. With "guest", also what boots the test guest
+# (QEMU, busybox for the image); with "test", also the real peers the tests use (DPDK testpmd,
+# libvirt, ...). Skips what is installed.
 set -eu
 need="liburing-dev pkg-config"
+[ "${1:-}" = guest ] && need="$need qemu-system-x86 busybox-static python3"
 [ "${1:-}" = test ] && need="$need dpdk-dev qemu-system-x86 busybox-static python3 iproute2 iperf3 iputils-ping libvirt-daemon-system libvirt-clients gcc make"
 missing=""
 for p in $need; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

@@ -33,6 +33,8 @@ public struct Options: Equatable, Sendable {
 
     public struct Failure: Error, CustomStringConvertible, Equatable {
         public let description: String
+        /// -h or --help: the usage was asked for (printed on standard output, exit 0).
+        public var helpRequested = false
     }
 
     /// Batch size: pkt-gen's default 512, 1 for ping/pong, and at most rate/300 with -R.
@@ -52,6 +54,8 @@ public struct Options: Equatable, Sendable {
         while i < arguments.count {
             let arg = arguments[i]
             i += 1
+            if arg == "--help" || arg == "-h" { throw Failure(description: usage, helpRequested: true) }
+            if arg.hasPrefix("--") { throw fail("unknown option \(arg) (pkt-gen takes netmap pkt-gen's one-letter options)\n\(usage)") }
             guard arg.hasPrefix("-"), arg.count >= 2 else { throw fail("unexpected argument '\(arg)'") }
             var chars = Array(arg.dropFirst())
             while !chars.isEmpty {
@@ -95,7 +99,7 @@ public struct Options: Equatable, Sendable {
                 case "N": o.rawNumbers = true
                 case "W": o.exitWhenIdle = true
                 case "a", "F", "o", "C", "P", "M": throw fail("-\(flag) is not supported by this pkt-gen")
-                case "h": throw fail(usage)
+                case "h": throw Failure(description: usage, helpRequested: true)
                 default: throw fail("unknown option -\(flag)\n\(usage)")
                 }
             }

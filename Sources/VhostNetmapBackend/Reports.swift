@@ -100,7 +100,7 @@ extension Daemon {
 
     public func statisticsJSON(pretty: Bool) -> String {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys] : [.sortedKeys]
+        encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
         let data = (try? encoder.encode(["switches": statistics()])) ?? Data()
         return String(decoding: data, as: UTF8.self)
     }

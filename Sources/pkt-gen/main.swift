@@ -13,6 +13,10 @@ let options: Options
 do {
     options = try Options.parse(Array(CommandLine.arguments.dropFirst()))
 } catch {
+    if error.helpRequested {
+        emit(1, error.description)
+        exit(0)
+    }
     emit(2, error.description)
     exit(2)
 }

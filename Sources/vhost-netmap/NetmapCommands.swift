@@ -10,14 +10,17 @@ struct Vale: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Manage VALE switches and ports (vale-ctl), kernel or embedded.",
         discussion: """
-          -l [NAME]                 list ports (all, or one switch/port)
-          -a valeX:IF               attach: kernel, a NIC or persistent port; embedded, a vhost-user
-                                    port given as valeX:Y=SOCKET[,options] (the --port syntax)
-          --host valeX:IF           attach with host rings (kernel, vale-ctl -h); embedded, a TAP host port
-          -d valeX:IF               detach
-          -n IF / -r IF             create / remove a persistent VALE interface (kernel only)
-          -p valeX:IF / -P valeX:IF polling on / off for an attached NIC (kernel only)
-        The switch is the kernel's when /dev/netmap is usable (--switch auto), else the daemon's.
+          -l [NAME]           list ports (all, or one switch/port)
+          -a valeX:IF         attach: kernel, a NIC or persistent port;
+                              embedded, a vhost-user port (the --port syntax)
+          --host valeX:IF     attach with host rings (kernel, vale-ctl -h);
+                              embedded, a TAP host port
+          -d valeX:IF         detach
+          -n IF / -r IF       create / remove a persistent VALE interface (kernel)
+          -p / -P valeX:IF    polling on / off for an attached NIC (kernel)
+
+        The switch is the kernel's when /dev/netmap is usable (--switch auto), else the \
+        daemon's.
         """,
         helpNames: [.long]
     )

@@ -8,16 +8,20 @@ struct QemuArgs: ParsableCommand {
         commandName: "qemu-args",
         abstract: "Print the QEMU options that connect a VM to a port's vhost-user socket.",
         discussion: """
-        The socket is --socket, or SOCKET_DIR/<switch>/<port>.sock for --port valeX:Y. The options
-        include -m (the guest memory, which vhost-user shares through a memfd) and a MAC derived
-        from the port's name unless --mac is given. By default QEMU connects and reconnects
-        (reconnect-ms=1000 from QEMU 9.2, reconnect=1 before; the version is read from
-        qemu-system-x86_64 unless --qemu-version is given): serve the port in server mode. With
-        --qemu-listens QEMU listens (server=on,wait=off): serve it with ,client.
-        --msix auto turns MSI-X off (vectors=0) where QEMU is older than 8.0 and runs guests under
-        TCG: Debian 12's QEMU 7.2 crashes there with vhost-user and MSI-X.
-        --command prints a whole qemu-system-x86_64 command line (accelerator, -m, -smp) to which
-        a boot disk or kernel is appended.
+        The socket is --socket, or SOCKET_DIR/<switch>/<port>.sock for --port valeX:Y. \
+        The options include -m (the guest memory, which vhost-user shares through a memfd) \
+        and a MAC derived from the port's name unless --mac is given.
+
+        By default QEMU connects and reconnects (reconnect-ms=1000 from QEMU 9.2, \
+        reconnect=1 before; the version is read from qemu-system-x86_64 unless \
+        --qemu-version is given): serve the port in server mode. With --qemu-listens QEMU \
+        listens (server=on,wait=off): serve it with ,client.
+
+        --msix auto turns MSI-X off (vectors=0) where QEMU is older than 8.0 and runs guests \
+        under TCG: Debian 12's QEMU 7.2 crashes there with vhost-user and MSI-X.
+
+        --command prints a whole qemu-system-x86_64 command line (accelerator, -m, -smp) \
+        to which a boot disk or kernel is appended.
         """)
 
     enum MSIX: String, ExpressibleByArgument { case auto, on, off }

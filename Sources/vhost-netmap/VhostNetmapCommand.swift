@@ -22,21 +22,24 @@ struct Serve: ParsableCommand {
         abstract: "Serve vhost-user devices on the embedded VALE switch (the default command).",
         discussion: """
         Each --port attaches one vhost-user device to a switch port:
-          --port vale0:vm1                 listen on /run/vhost-netmap/vale0/vm1.sock (QEMU connects)
-          --port vale0:vm2=/tmp/vm2.sock   listen on that path
-          --port vale0:vm3,client          connect, and reconnect (QEMU server=on)
-          options: queues=N (1-16 pairs), mode=0660 and group=kvm (socket file), sync=ioctl|kloop
-        Sockets without a path, and the control socket, go to --socket-dir (default
-        $VHOST_NETMAP_DIR, else /run/vhost-netmap): <dir>/<switch>/<port>.sock, <dir>/control.sock.
-        Each --host-port connects a switch to the host's network stack through a TAP interface
-        (created, or an existing persistent one with vnet_hdr), brought up:
-          --host-port vale0:tap0[,queues=N][,mtu=9000]
-        The vhost-user back-end conventions are also accepted: --socket-path PATH or --fd N
-        (one device, on the port given by --switch-port), and --print-capabilities.
+          vale0:vm1                  listen on SOCKET_DIR/vale0/vm1.sock
+          vale0:vm2=/tmp/vm2.sock    listen on that path (QEMU connects)
+          vale0:vm3,client           connect and reconnect (QEMU server=on)
+          options: queues=N (1-16), mode=0660, group=kvm, sync=ioctl|kloop
+
+        SOCKET_DIR is --socket-dir, else $VHOST_NETMAP_DIR, else /run/vhost-netmap; \
+        the control socket that stats, fdb and vale use is SOCKET_DIR/control.sock.
+
+        Each --host-port connects a switch to the host's network stack through a TAP \
+        interface (created, or an existing persistent one with vnet_hdr), brought up:
+          vale0:tap0[,queues=N][,mtu=9000]
+
+        The vhost-user back-end conventions are also accepted: --socket-path PATH or \
+        --fd N (one device, on the port given by --switch-port), and --print-capabilities.
         """
     )
 
-    @Option(name: .customLong("port"), help: "SWITCH:PORT[=SOCKET][,client][,queues=N][,mode=0660][,group=G][,sync=ioctl|kloop] (repeatable)")
+    @Option(name: .customLong("port"), help: "SWITCH:PORT[=SOCKET][,OPTION...] (repeatable; options above)")
     var ports: [String] = []
 
     @Option(name: .customLong("host-port"), help: "SWITCH:TAPNAME[,queues=N][,mtu=N] (repeatable)")

@@ -11,7 +11,7 @@ wait_for port_ready vale0:echo || fail "testpmd never got ready rings"
 tp echo "set fwd icmpecho"
 tp echo "start"
 # Debian's QEMU 7.2 crashes under TCG with vhost-user and MSI-X: the device uses INTx (vectors=0).
-timeout 300 qemu-system-x86_64 -accel tcg -m 256M -smp 1 -nographic -no-reboot -nodefaults \
+timeout 300 qemu-system-x86_64 -accel tcg -smp 1 -nographic -no-reboot -nodefaults \
   -serial "file:$WORK/guest.log" -monitor none -display none \
   $("$BIN" qemu-args --socket "$WORK/guest.sock" --memory 256M --mac 52:54:00:12:34:56 --no-msix) \
   -kernel "$IMAGE/vmlinux" -initrd "$IMAGE/initramfs.cpio.gz" \
