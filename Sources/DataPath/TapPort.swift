@@ -49,6 +49,20 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
     public private(set) var writesWhileDown: UInt64 = 0
     public private(set) var offloads: TapOffloads = []
 
+    /// What to do about a tap that would not open, from what is there.
+    static func advice(name: String, existed: Bool, queues: Int, error: Errno) -> String {
+        if error == .notPermitted || error == .permissionDenied {
+            return "creating or opening a tap needs CAP_NET_ADMIN (run as root), or a persistent tap owned by this user"
+        }
+        guard existed else { return "the kernel refused to create it" }
+        guard Tap.isTunTap(name) else { return "\(name) exists and is not a TAP interface: choose another name" }
+        let holders = Tap.processesAttached(to: name)
+        if !holders.isEmpty {
+            return "\(name) is in use by \(holders.map(\.owner).joined(separator: ", ")): stop it, or use another name"
+        }
+        return "the existing tap must have been created \(queues > 1 ? "with" : "without") multi_queue (ip tuntap add dev \(name) mode tap\(queues > 1 ? " multi_queue" : ""))"
+    }
+
     /// Opens (or creates) tap `name` with `queues` queues and prepares its buffers and rings.
     public init(name: String, queues queueCount: Int, mtu: Int?, logger: Logger) throws {
         self.name = name
@@ -58,8 +72,7 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
         do {
             queues = try Tap.open(name: name, queues: queueCount)
         } catch {
-            throw HostPortError("cannot open tap \(name) (\(queueCount) queue(s)): \(error)"
-                + (existed ? "; an existing tap must have been created \(queueCount > 1 ? "with" : "without") multi_queue" : ""))
+            throw HostPortError("cannot open tap \(name) (\(queueCount) queue(s)): \(error); " + Self.advice(name: name, existed: existed, queues: queueCount, error: error))
         }
         for q in queues {
             do { try Tap.setHeaderSize(q.rawValue, Self.headerLength) } catch {

@@ -19,21 +19,24 @@ final class Connection {
 
     enum Outcome { case open, closed(String) }
 
-    /// What the front-end did, to say why it left: messages handled, the last one, and whether
-    /// it got as far as choosing features.
+    /// What the front-end did, to say why it left: messages handled, the last one, whether it
+    /// read the queue count and whether it got as far as choosing features.
     private(set) var messagesHandled = 0
     private(set) var lastRequest: VhostUserRequest?
+    private(set) var askedQueueCount = false
     private(set) var featuresChosen = false
     let connectedAt = ContinuousClock.now
 
-    /// A likely reason when a front-end closes the connection itself before the device runs: it
-    /// asked for more queue pairs than offered, or needs features the back-end lacks.
+    /// A likely reason when a front-end closes the connection itself before choosing features:
+    /// it wants more queue pairs than offered (QEMU reads the count, sets up its first pair,
+    /// then gives up), or needs features the back-end lacks.
     var probableLeaveReason: String? {
-        guard !featuresChosen || lastRequest == .getQueueNum else { return nil }
+        guard !featuresChosen else { return nil }
+        if askedQueueCount {
+            return "it read the queue count (\(device.queuePairs) pair(s)) and left before choosing features: if it wants more (QEMU or virtio-user queues=N), serve the port with queues=N"
+        }
         switch lastRequest {
-        case .getQueueNum:
-            return "it left right after asking the queue count: it wants more than the \(device.queuePairs) queue pair(s) this port offers (QEMU queues=N, virtio-user queues=N); give the port queues=N"
-        case .getFeatures, .getProtocolFeatures, .setProtocolFeatures:
+        case .getFeatures?, .getProtocolFeatures?, .setProtocolFeatures?:
             return "it left during feature negotiation: it may need a feature this back-end does not offer (offered 0x\(String(VhostNetDevice.offeredFeatures.rawValue, radix: 16)))"
         case nil:
             return "it sent no message"
@@ -69,6 +72,7 @@ final class Connection {
         messagesHandled += 1
         lastRequest = m.request
         if m.request == .setFeatures { featuresChosen = true }
+        if m.request == .getQueueNum { askedQueueCount = true }
         let ackWanted = m.header.needsReply && device.protocolFeatures.contains(.replyAck)
         do {
             switch try device.handle(m) {

@@ -224,7 +224,7 @@ final class FrontEndSupervisor {
         let c = Connection(socket: socket, device: e.device, logger: logger)
         e.connection = c
         e.connects += 1
-        e.device.logger.info("front-end connected")
+        e.device.logger.log(level: e.shortSessions >= 3 ? .debug : .info, "front-end connected")
         e.connectionWatch = loop.receiveMessages(on: socket.rawValue, capacity: MessageHeader.byteCount + MessageFraming.maxPayload,
                                                  maxDescriptors: MemoryTable.maxRegions, firstLength: c.wantedLength) { [unowned self] received in
             let outcome = c.consume(received)
@@ -244,7 +244,9 @@ final class FrontEndSupervisor {
         if pause == nil { e.backoff = 0 }
         e.connection = nil
         e.connectionWatch = nil
-        e.device.reset(reason: "disconnect")
+        // A front-end in a leave loop is logged once per interval (noteLeave), not per attempt.
+        let inLoop = e.shortSessions >= 3
+        e.device.reset(reason: "disconnect", logLevel: inLoop ? .debug : .info)
         deviceChanged(e)
         if e.spec.inheritedDescriptor != nil {
             e.device.logger.notice("inherited connection closed: stopping")

@@ -283,7 +283,7 @@ public final class VhostNetDevice: @unchecked Sendable {
     }
 
     /// Back to the state of a new connection: rings stopped and unmapped, descriptors closed.
-    public func reset(reason: String) {
+    public func reset(reason: String, logLevel: Logger.Level = .info) {
         withDatapathPaused {
             for (i, v) in vrings.enumerated() {
                 let q = port.queues[i]
@@ -303,7 +303,7 @@ public final class VhostNetDevice: @unchecked Sendable {
             port.pendingAnnouncement = nil
             vale.learning.forget(port: portIndex)
         }
-        logger.info("reset (\(reason))")
+        logger.log(level: logLevel, "reset (\(reason))")
     }
 
     /// Runs `body` with the switch worker paused (switch lock held), then republishes what the

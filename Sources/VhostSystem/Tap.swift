@@ -1,4 +1,5 @@
 import CVhostShim
+import Glibc
 import SystemPackage
 
 /// Offloads the host stack may hand a TAP reader (TUNSETOFFLOAD): checksum left to the reader,
@@ -34,6 +35,31 @@ public enum Tap {
     }
 
     public static func exists(_ name: String) -> Bool { cvh_if_exists(name) == 1 }
+
+    /// Whether interface `name` is a TUN/TAP device (it has tun_flags in sysfs).
+    public static func isTunTap(_ name: String) -> Bool { access("/sys/class/net/\(name)/tun_flags", F_OK) == 0 }
+
+    /// The processes that hold a queue of tap `name` open: the kernel names the interface in
+    /// each /dev/net/tun descriptor's fdinfo ("iff:"). For error messages only: it walks /proc.
+    public static func processesAttached(to name: String) -> [Listener] {
+        var found: [Listener] = []
+        guard let proc = opendir("/proc") else { return [] }
+        defer { closedir(proc) }
+        while let entry = readdir(proc) {
+            let pidText = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let pid = pid_t(pidText), let fdinfo = opendir("/proc/\(pid)/fdinfo") else { continue }
+            defer { closedir(fdinfo) }
+            while let fdEntry = readdir(fdinfo) {
+                let fd = withUnsafeBytes(of: fdEntry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                guard fd.first?.isNumber == true,
+                      let text = readSmallFile("/proc/\(pid)/fdinfo/\(fd)"),
+                      text.split(separator: "\n").contains(where: { $0 == "iff:\t\(name)" }) else { continue }
+                found.append(Listener(processID: pid))
+                break
+            }
+        }
+        return found
+    }
 
     public static func setHeaderSize(_ fd: CInt, _ size: Int) throws(Errno) {
         _ = try Posix.checkShim(cvh_tap_set_vnet_header_size(fd, CInt(size)))

@@ -49,7 +49,7 @@ public enum UnixSocket {
         return errno == EAGAIN || errno == EINPROGRESS ? Listener(processID: nil) : nil
     }
 
-    /// A process listening on a socket path.
+    /// A process listening on a socket path (or holding a device open).
     public struct Listener: Sendable, Equatable {
         public var processID: pid_t?
 
@@ -61,13 +61,7 @@ public enum UnixSocket {
 
         /// The process's command name from /proc, or nil.
         static func commandName(of pid: pid_t) -> String? {
-            let fd = open("/proc/\(pid)/comm", O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { return nil }
-            defer { close(fd) }
-            var buffer = [UInt8](repeating: 0, count: 64)
-            let n = read(fd, &buffer, buffer.count)
-            guard n > 0 else { return nil }
-            let name = String(decoding: buffer[..<n], as: UTF8.self).split(separator: "\n").first.map(String.init)
+            let name = readSmallFile("/proc/\(pid)/comm")?.split(separator: "\n").first.map(String.init)
             return name?.isEmpty == false ? name : nil
         }
     }
@@ -154,4 +148,17 @@ public enum UnixSocket {
             offset += n
         }
     }
+}
+
+/// A process that holds something (a socket path, a tap queue).
+public typealias Listener = UnixSocket.Listener
+
+/// The first 4 KiB of a small file (/proc, /sys), or nil.
+func readSmallFile(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    let n = read(fd, &buffer, buffer.count)
+    return n > 0 ? String(decoding: buffer[..<n], as: UTF8.self) : nil
 }

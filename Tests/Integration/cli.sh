@@ -68,6 +68,23 @@ kill -TERM "$conv"; wait "$conv"
 [ $rc -eq 1 ] && grep -q "cannot" "$WORK/bad3.log" && pass "unusable socket path: exit 1 with a message" || fail "socket path: exit $rc, $(cat "$WORK/bad3.log")"
 "$BIN" serve --control "" --port "vale0:x=$WORK/x.sock" --port "vale0:x=$WORK/y.sock" > "$WORK/bad4.log" 2>&1; rc=$?
 [ $rc -eq 1 ] && grep -q "given twice" "$WORK/bad4.log" && pass "duplicate port refused" || fail "duplicate port: exit $rc"
+# A tap another process holds, and an interface that is not a tap: the message says which.
+BUSY=vnbusy$(($$ % 10000))
+ip tuntap add dev "$BUSY" mode tap vnet_hdr
+python3 -c '
+import fcntl, os, struct, sys, time
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH", sys.argv[1].encode(), 0x0002 | 0x1000 | 0x4000))
+print("held", flush=True); time.sleep(30)' "$BUSY" > "$WORK/holder.out" 2>&1 &
+HOLDER=$!; PIDS+=("$HOLDER")
+for _ in $(seq 50); do grep -q held "$WORK/holder.out" && break; sleep 0.1; done
+"$BIN" serve --control "" --host-port "vale0:$BUSY" > "$WORK/busy.log" 2>&1; rc=$?
+[ $rc -eq 1 ] && grep -q "$BUSY is in use by process $HOLDER (python3)" "$WORK/busy.log" && pass "a tap in use: names the process holding it" || fail "busy tap: exit $rc, $(cat "$WORK/busy.log")"
+kill "$HOLDER"; wait "$HOLDER" 2>/dev/null; ip link del "$BUSY"
+ip link add "$BUSY" type veth peer name "${BUSY}p"
+"$BIN" serve --control "" --host-port "vale0:$BUSY" > "$WORK/notap.log" 2>&1; rc=$?
+[ $rc -eq 1 ] && grep -q "$BUSY exists and is not a TAP interface" "$WORK/notap.log" && pass "a veth of that name: 'not a TAP interface'" || fail "veth: exit $rc, $(cat "$WORK/notap.log")"
+ip link del "$BUSY" 2>/dev/null
 # io_uring disabled by sysctl: a clear start-up refusal (the setting is restored at once).
 if [ -w /proc/sys/kernel/io_uring_disabled ]; then
   before=$(cat /proc/sys/kernel/io_uring_disabled)
