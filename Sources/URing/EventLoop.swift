@@ -154,6 +154,9 @@ public final class EventLoop {
         ring.submitAndWait(timeoutNanoseconds: timeoutNanoseconds) { ready.append($0) }
         for c in ready where c.userData != IOURing.internalUserData {
             if let r = retiring[c.userData] {
+                // A connection the kernel accepted before the cancel took effect: nobody will
+                // serve it, so it is closed rather than leaked (its client sees the close).
+                if case .accept = r, c.result >= 0 { close(c.result) }
                 if !c.more {
                     retiring[c.userData] = nil
                     release(r)

@@ -28,7 +28,11 @@ final class FrontEndSupervisor {
         var shortSessions = 0
         var refused = 0
         var lastLeaveReason: String?
+        /// While a front-end in a leave loop is slowed down: when the port serves again, and the
+        /// connection that came meanwhile (the newest; older ones are closed).
+        var pausedUntil: ContinuousClock.Instant?
         var acceptPause: EventLoop.Token?
+        var waiting: OwnedDescriptor?
         var refusedFrontEnds = RateLimitedLog(interval: 10)
         var leaveLoop = RateLimitedLog(interval: 10)
         init(spec: PortSpec, device: VhostNetDevice, vale: VALESwitch) {
@@ -95,6 +99,7 @@ final class FrontEndSupervisor {
         e.removed = true
         for token in [e.listenerWatch, e.connectionWatch, e.reconnectTimer, e.acceptPause].compactMap({ $0 }) { loop.cancel(token) }
         e.connection = nil
+        e.waiting = nil
         if e.listener != nil, let path = e.spec.socketPath { removeSocketFile(path) }
         e.listener = nil
         return e
@@ -171,6 +176,10 @@ final class FrontEndSupervisor {
                 }
                 return
             }
+        }
+        if let until = e.pausedUntil, ContinuousClock.now < until {
+            e.waiting = socket  // served when the pause ends
+            return
         }
         attach(socket, to: e)
     }
@@ -253,14 +262,17 @@ final class FrontEndSupervisor {
             inheritedConnectionClosed()
         } else if e.spec.mode == .client {
             e.reconnectTimer = loop.after(nanoseconds: pause ?? reconnectInitial) { [unowned self] in connect(e) }
-        } else if let pause, let watch = e.listenerWatch {
-            // Connections wait in the listen backlog meanwhile.
-            loop.cancel(watch)
-            e.listenerWatch = nil
+        } else if let pause {
+            // Connections that come meanwhile wait (the newest is served when the pause ends).
+            e.pausedUntil = ContinuousClock.now + .nanoseconds(Int64(pause))
+            if let t = e.acceptPause { loop.cancel(t) }
             e.acceptPause = loop.after(nanoseconds: pause) { [unowned self] in
                 e.acceptPause = nil
-                guard !e.removed, let l = e.listener else { return }
-                e.listenerWatch = loop.acceptRepeatedly(on: l.rawValue, what: e.spec.fullName, logger: logger) { [unowned self] in acceptFrontEnd($0, for: e) }
+                e.pausedUntil = nil
+                if let socket = e.waiting, !e.removed {
+                    e.waiting = nil
+                    acceptFrontEnd(socket, for: e)
+                }
             }
         }
     }

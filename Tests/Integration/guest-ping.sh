@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A QEMU guest (Debian kernel, busybox, TCG) on one port pings a dpdk-testpmd virtio-user
 # front-end in icmpecho mode on another port of the same embedded switch: all replies arrive.
+# Then a QEMU asking for 2 queue pairs on that one-pair port (it gives up and reconnects at once,
+# forever): the daemon says why and slows it to about one connection a second, with few log lines.
 . "$(dirname "$0")/lib.sh"
 COUNT=${COUNT:-10}
 IMAGE=${GUEST_IMAGE:-/tmp/vhost-netmap-guest}
@@ -27,4 +29,17 @@ GUEST_OUT=$(port_field vale0:guest counters.outPackets)
 [ "$GUEST_IN" -ge $((COUNT + 1)) ] && pass "guest sent $GUEST_IN frames into the switch" || fail "guest in: $GUEST_IN"
 [ "$GUEST_OUT" -ge $((COUNT + 1)) ] && pass "guest received $GUEST_OUT frames from the switch" || fail "guest out: $GUEST_OUT"
 tp_quit echo
+
+LOG_BEFORE=$(wc -l < "$WORK/daemon.log")
+timeout 20 qemu-system-x86_64 -accel tcg -smp 1 -nographic -no-reboot -nodefaults -serial none -monitor none -display none \
+  $("$BIN" qemu-args --socket "$WORK/guest.sock" --memory 256M --queues 2 --no-msix) \
+  -kernel "$IMAGE/vmlinux" -initrd "$IMAGE/initramfs.cpio.gz" -append "console=ttyS0 vn.mode=wait" > "$WORK/qemu-mq.log" 2>&1
+grep -q "asking more queues than supported: 1" "$WORK/qemu-mq.log" && pass "QEMU refuses the one-pair port (queues=2)" || fail "QEMU: $(head -3 "$WORK/qemu-mq.log")"
+CONNECTIONS=$(port_field vale0:guest frontEnds.connections)
+[ "$CONNECTIONS" -le 40 ] && pass "the reconnect loop was slowed: $CONNECTIONS connections in 20 s" || fail "$CONNECTIONS connections in 20 s"
+port_field vale0:guest frontEnds.lastLeaveReason | grep -q "serve the port with queues=N" && pass "stats give the reason: $(port_field vale0:guest frontEnds.lastLeaveReason | cut -c1-120)" \
+  || fail "reason: $(port_field vale0:guest frontEnds.lastLeaveReason)"
+LOG_LINES=$(( $(wc -l < "$WORK/daemon.log") - LOG_BEFORE ))
+[ "$LOG_LINES" -le 30 ] && pass "$LOG_LINES log lines for the loop" || fail "$LOG_LINES log lines for $CONNECTIONS connections"
+grep -q "keeps leaving right after connecting.*serve the port with queues=N" "$WORK/daemon.log" && pass "the log says why" || fail "no reason in the log"
 finish
