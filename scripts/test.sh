@@ -44,6 +44,7 @@ if [ -z "${SKIP_INTEGRATION:-}" ]; then
   run Tests/Integration/host-port.sh
   run Tests/Integration/vale-ctl.sh
   run Tests/Integration/guest-ping.sh
+  run Tests/Integration/memory-hotplug.sh
   run Tests/Integration/two-guests.sh
   run Tests/Integration/pktgen.sh
   run Tests/Integration/guest-pktgen.sh

@@ -112,6 +112,7 @@ extension VhostNetDevice {
         public var features: UInt64
         public var protocolFeatures: UInt64
         public var memoryRegions: Int
+        public var memoryMiB: UInt64
         public var readyTX: Int
         public var readyRX: Int
         public var brokenRings: [Int]
@@ -123,7 +124,7 @@ extension VhostNetDevice {
     /// Caller holds the switch lock.
     func statusLocked() -> Status {
         Status(features: features.rawValue, protocolFeatures: protocolFeatures.rawValue,
-               memoryRegions: memory?.regions.count ?? 0, readyTX: port.readyTXCount, readyRX: port.readyRXCount,
+               memoryRegions: memory?.regions.count ?? 0, memoryMiB: (memory?.totalSize ?? 0) >> 20, readyTX: port.readyTXCount, readyRX: port.readyRXCount,
                brokenRings: port.queues.filter { $0.broken }.map { $0.index }, mtu: mtu, dirtyLog: dirtyLogStatus)
     }
 }

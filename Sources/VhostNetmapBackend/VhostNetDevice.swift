@@ -32,7 +32,7 @@ public final class VhostNetDevice: @unchecked Sendable {
         .netCSUM, .netGuestCSUM, .netGuestTSO4, .netGuestTSO6, .netGuestECN, .netGuestUFO,
         .netHostTSO4, .netHostTSO6, .netHostECN, .netHostUFO,
     ]
-    public static let offeredProtocolFeatures: ProtocolFeatures = [.mq, .logSHMFD, .replyAck, .rarp, .mtu, .resetDevice, .status]
+    public static let offeredProtocolFeatures: ProtocolFeatures = [.mq, .logSHMFD, .replyAck, .rarp, .mtu, .resetDevice, .configureMemSlots, .status]
 
     public let name: String
     public let queuePairs: Int
@@ -44,7 +44,7 @@ public final class VhostNetDevice: @unchecked Sendable {
     private let wakeWorker: () -> Void
 
     var vrings: [Vring]
-    private(set) var memory: GuestMemory?
+    var memory: GuestMemory?
     private(set) var features: VirtioFeatures = []
     private var featuresSet = false
     /// The features the front-end set, once it has (control thread).
@@ -134,6 +134,12 @@ public final class VhostNetDevice: @unchecked Sendable {
             return .reply(u64(UInt64(queuePairs)))
         case .setMemTable(let table, let descriptors):
             try setMemoryTable(table, descriptors)
+        case .getMaxMemorySlots:
+            return .reply(u64(try maxMemorySlots()))
+        case .addMemoryRegion(let region, let descriptor):
+            try addMemoryRegion(region, descriptor)
+        case .removeMemoryRegion(let region):
+            try removeMemoryRegion(region)
         case .setVringNum(let s):
             let v = try vring(s.index)
             guard !v.started else { throw .ringRunning(s.index) }

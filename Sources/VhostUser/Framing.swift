@@ -78,6 +78,8 @@ public enum MessageFraming {
             try fds(regions)
         case .one:
             try fds(1)
+        case .ignoredIfAny:
+            if m.descriptors.count > 1 { try fds(1) }
         case .unchecked:
             break
         }

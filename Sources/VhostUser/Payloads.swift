@@ -69,6 +69,21 @@ public struct MemoryRegionDescription: Equatable, Sendable {
     }
 }
 
+extension MemoryRegionDescription {
+    public func encoded() -> [UInt8] {
+        [guestPhysicalAddress, size, userAddress, mmapOffset].flatMap { withUnsafeBytes(of: $0.littleEndian) { Array($0) } }
+    }
+}
+
+/// ADD_MEM_REG / REM_MEM_REG payload: 8 bytes of padding, then one region.
+public struct SingleMemoryRegion: Equatable, Sendable {
+    public static let byteCount = 8 + MemoryRegionDescription.byteCount
+    public var region: MemoryRegionDescription
+    public init(_ region: MemoryRegionDescription) { self.region = region }
+    public init(_ p: UnsafeRawBufferPointer) { region = MemoryRegionDescription(p, at: 8) }
+    public func encoded() -> [UInt8] { [UInt8](repeating: 0, count: 8) + region.encoded() }
+}
+
 public struct MemoryTable: Equatable, Sendable {
     public static let maxRegions = 8
     public static let headerByteCount = 8

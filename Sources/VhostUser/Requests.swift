@@ -21,8 +21,10 @@ public struct RequestRule: Sendable, Equatable {
         case oneUnlessFlagged
         /// One per memory region.
         case perRegion
-        /// Exactly one (the dirty log's memory, SET_LOG_BASE and SET_LOG_FD).
+        /// Exactly one (the dirty log's memory, SET_LOG_BASE and SET_LOG_FD; ADD_MEM_REG's region).
         case one
+        /// None or one, which is closed unread (REM_MEM_REG: QEMU sends the region's fd along).
+        case ignoredIfAny
         /// Not checked (requests the device refuses).
         case unchecked
     }
@@ -45,7 +47,11 @@ extension VhostUserRequest {
         case .resetOwner, .resetDevice:
             return RequestRule(payload: .exact(0), descriptors: .none, replies: false, pausesDataPath: true)
         case .getMaxMemSlots:
-            return RequestRule(payload: .exact(0), descriptors: .none, replies: false, pausesDataPath: false)
+            return RequestRule(payload: .exact(0), descriptors: .none, replies: true, pausesDataPath: false)
+        case .addMemReg:
+            return RequestRule(payload: .exact(SingleMemoryRegion.byteCount), descriptors: .one, replies: false, pausesDataPath: true)
+        case .remMemReg:
+            return RequestRule(payload: .exact(SingleMemoryRegion.byteCount), descriptors: .ignoredIfAny, replies: false, pausesDataPath: true)
         case .setFeatures:
             return RequestRule(payload: .exact(8), descriptors: .none, replies: false, pausesDataPath: true)
         case .setProtocolFeatures, .netSetMTU, .setStatus:
@@ -103,6 +109,9 @@ public enum DeviceRequest {
     case setLogFD(OwnedDescriptor)
     case setStatus(UInt64)
     case getStatus
+    case getMaxMemorySlots
+    case addMemoryRegion(MemoryRegionDescription, OwnedDescriptor)
+    case removeMemoryRegion(MemoryRegionDescription)
     case unsupported(VhostUserRequest)
 
     public init(_ m: VhostUserMessage) throws(ProtocolError) {
@@ -133,6 +142,9 @@ public enum DeviceRequest {
         case .setLogFD: self = .setLogFD(m.descriptors[0])  // validated: one
         case .setStatus: self = .setStatus(m.withPayload { $0.u64 })
         case .getStatus: self = .getStatus
+        case .getMaxMemSlots: self = .getMaxMemorySlots
+        case .addMemReg: self = .addMemoryRegion(m.withPayload { SingleMemoryRegion($0) }.region, m.descriptors[0])  // validated: one
+        case .remMemReg: self = .removeMemoryRegion(m.withPayload { SingleMemoryRegion($0) }.region)
         default: self = .unsupported(m.request)
         }
     }
@@ -164,6 +176,10 @@ public enum Refusal: Error, Equatable, Sendable, CustomStringConvertible {
     case statusNotAByte(UInt64)
     /// A dirty log the back-end cannot use (DirtyLog's reason).
     case dirtyLog(String)
+    /// ADD_MEM_REG beyond the slots offered (GET_MAX_MEM_SLOTS).
+    case memorySlotsFull(max: Int)
+    /// REM_MEM_REG of a region that is not mapped.
+    case noSuchRegion(MemoryRegionDescription)
 
     public var description: String {
         switch self {
@@ -188,6 +204,8 @@ public enum Refusal: Error, Equatable, Sendable, CustomStringConvertible {
         case .configSize(let n): "config size \(n) > 256"
         case .statusNotAByte(let v): "device status 0x\(String(v, radix: 16)) does not fit 8 bits"
         case .dirtyLog(let why): why
+        case .memorySlotsFull(let max): "all \(max) memory slots are in use"
+        case .noSuchRegion(let r): "no mapped region at guest address 0x\(String(r.guestPhysicalAddress, radix: 16)), user address 0x\(String(r.userAddress, radix: 16)), size 0x\(String(r.size, radix: 16))"
         }
     }
 }

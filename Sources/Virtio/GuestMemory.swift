@@ -54,7 +54,21 @@ public final class GuestMemory: @unchecked Sendable {
     public static let maxRegions = 8
 
     public let regions: UnsafeMutableBufferPointer<MappedRegion>
-    private let mappings: [MemoryMapping]
+    /// mappings[i] maps regions[i]; a region added or kept by ADD/REM_MEM_REG shares its mapping
+    /// with the table it came from.
+    let mappings: [MemoryMapping]
+
+    /// A table of already-mapped regions (memory slots build one per change).
+    init(regions mapped: [MappedRegion], mappings: [MemoryMapping]) {
+        let table = UnsafeMutableBufferPointer<MappedRegion>.allocate(capacity: max(mapped.count, 1))
+        _ = table.initialize(from: mapped)
+        regions = UnsafeMutableBufferPointer(rebasing: table[0..<mapped.count])
+        self.mappings = mappings
+        allocation = table
+    }
+
+    /// What `regions` was allocated as (it may be an empty slice of it).
+    private let allocation: UnsafeMutableBufferPointer<MappedRegion>
 
     /// Validates every region (sizes, overflow, overlap, file size) before mapping any.
     public init(specs: [GuestRegionSpec], descriptors: [OwnedDescriptor]) throws(GuestMemoryError) {
@@ -64,24 +78,7 @@ public final class GuestMemory: @unchecked Sendable {
             throw .descriptorCountMismatch(regions: specs.count, descriptors: descriptors.count)
         }
         for (i, s) in specs.enumerated() {
-            guard s.size > 0 else { throw .emptyRegion(i) }
-            let (_, o1) = s.guestPhysicalAddress.value.addingReportingOverflow(s.size)
-            let (_, o2) = s.userAddress.value.addingReportingOverflow(s.size)
-            let (end, o3) = s.mmapOffset.addingReportingOverflow(s.size)
-            guard !o1, !o2, !o3, end <= UInt64(Int.max) else { throw .addressOverflow(i) }
-            let fileSize = (try? Posix.fileSize(descriptors[i].rawValue)) ?? 0
-            // Touching a shared mapping past its file's end raises SIGBUS: refuse up front.
-            guard end <= fileSize else { throw .beyondFileEnd(region: i, needed: end, fileSize: fileSize) }
-            for j in 0..<i {
-                let t = specs[j]
-                let (sg, tg, su, tu) = (s.guestPhysicalAddress.value, t.guestPhysicalAddress.value, s.userAddress.value, t.userAddress.value)
-                if sg < tg + t.size && tg < sg + s.size {
-                    throw .overlapping(j, i)
-                }
-                if su < tu + t.size && tu < su + s.size {
-                    throw .overlapping(j, i)
-                }
-            }
+            try Self.validate(s, at: i, descriptor: descriptors[i].rawValue, against: specs[..<i].enumerated().map { ($0, $1) })
         }
         var maps: [MemoryMapping] = []
         let table = UnsafeMutableBufferPointer<MappedRegion>.allocate(capacity: specs.count)
@@ -100,10 +97,29 @@ public final class GuestMemory: @unchecked Sendable {
         }
         regions = table
         mappings = maps
+        allocation = table
     }
 
     deinit {
-        regions.deallocate()
+        allocation.deallocate()
+    }
+
+    /// One region's checks: not empty, no 64-bit overflow, inside its file (touching a shared
+    /// mapping past its file's end raises SIGBUS), and overlapping none of `others` in guest
+    /// physical or front-end address space.
+    static func validate(_ s: GuestRegionSpec, at i: Int, descriptor: CInt, against others: [(Int, GuestRegionSpec)]) throws(GuestMemoryError) {
+        guard s.size > 0 else { throw .emptyRegion(i) }
+        let (_, o1) = s.guestPhysicalAddress.value.addingReportingOverflow(s.size)
+        let (_, o2) = s.userAddress.value.addingReportingOverflow(s.size)
+        let (end, o3) = s.mmapOffset.addingReportingOverflow(s.size)
+        guard !o1, !o2, !o3, end <= UInt64(Int.max) else { throw .addressOverflow(i) }
+        let fileSize = (try? Posix.fileSize(descriptor)) ?? 0
+        guard end <= fileSize else { throw .beyondFileEnd(region: i, needed: end, fileSize: fileSize) }
+        for (j, t) in others {
+            let (sg, tg, su, tu) = (s.guestPhysicalAddress.value, t.guestPhysicalAddress.value, s.userAddress.value, t.userAddress.value)
+            if sg < tg + t.size && tg < sg + s.size { throw .overlapping(j, i) }
+            if su < tu + t.size && tu < su + s.size { throw .overlapping(j, i) }
+        }
     }
 
     public var totalSize: UInt64 { regions.reduce(0) { $0 + $1.size } }

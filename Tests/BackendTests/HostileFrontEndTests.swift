@@ -179,7 +179,8 @@ import Virtio
             let requests: [VhostUserRequest] = [.getFeatures, .setFeatures, .setOwner, .resetOwner, .setMemTable, .setVringNum,
                                                 .setVringAddr, .setVringBase, .getVringBase, .setVringKick, .setVringCall, .setVringErr,
                                                 .getProtocolFeatures, .setProtocolFeatures, .getQueueNum, .setVringEnable, .sendRARP,
-                                                .netSetMTU, .setLogBase, .getConfig, .setStatus, .getStatus, .resetDevice, .setLogFD]
+                                                .netSetMTU, .setLogBase, .getConfig, .setStatus, .getStatus, .resetDevice, .setLogFD,
+                                                .getMaxMemSlots, .addMemReg, .remMemReg]
             let base = victim.memory.userAddress(0).value
             var handled = 0
             for _ in 0..<3000 {
@@ -207,6 +208,13 @@ import Virtio
                         fds = [fresh(victim.memory.descriptor)]
                     case .setProtocolFeatures:
                         payload = u64(VhostNetDevice.offeredProtocolFeatures.rawValue & .random(in: 0...UInt64.max, using: &rng))
+                    case .addMemReg, .remMemReg: // slices of the victim's memory file, anywhere
+                        let size = UInt64.random(in: 0...4, using: &rng) << 20
+                        let offset = UInt64.random(in: 0...16, using: &rng) << 20
+                        payload = SingleMemoryRegion(MemoryRegionDescription(
+                            guestPhysicalAddress: .random(in: 0...32, using: &rng) << 20, size: size,
+                            userAddress: base + (.random(in: 0...16, using: &rng) << 20), mmapOffset: offset)).encoded()
+                        fds = r == .addMemReg || Bool.random(using: &rng) ? [fresh(victim.memory.descriptor)] : []
                     default:
                         payload = VringState(index: .random(in: 0...2, using: &rng), num: 1 << UInt32.random(in: 0...16, using: &rng)).encoded()
                     }

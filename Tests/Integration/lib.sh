@@ -92,6 +92,33 @@ tp_stat() {
   grep -a "$2:" "$WORK/tp-$1.log" | tail -1 | awk -v k="$2:" '{for (i = 1; i <= NF; i++) if ($i == k) print $(i + 1)}'
 }
 
+# HMP command on a QEMU monitor socket; prints the answer.
+hmp() {
+  python3 - "$1" "$2" <<'PY'
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.settimeout(2)
+def drain():
+    out = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk: break
+            out += chunk
+            if out.endswith(b"(qemu) "): break
+    except socket.timeout:
+        pass
+    return out
+banner = drain()
+s.sendall(sys.argv[2].encode() + b"\n")
+answer = drain()
+with open(sys.argv[1] + ".log", "ab") as log:
+    log.write(b"=== " + sys.argv[2].encode() + b"\n" + banner + b"\n---\n" + answer + b"\n")
+print(answer.decode(errors="replace").replace("\r", ""))
+PY
+}
+
 finish() {
   echo "  $(basename "$0"): $FAILURES failure(s)"
   [ "$FAILURES" -eq 0 ]

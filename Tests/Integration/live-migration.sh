@@ -26,33 +26,6 @@ mig_cleanup() {
 }
 trap 'mig_cleanup; cleanup' EXIT
 
-# HMP command on a QEMU monitor socket; prints the answer.
-hmp() {
-  python3 - "$1" "$2" <<'PY'
-import socket, sys, time
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-s.settimeout(2)
-def drain():
-    out = b""
-    try:
-        while True:
-            chunk = s.recv(65536)
-            if not chunk: break
-            out += chunk
-            if out.endswith(b"(qemu) "): break
-    except socket.timeout:
-        pass
-    return out
-banner = drain()
-s.sendall(sys.argv[2].encode() + b"\n")
-answer = drain()
-with open(sys.argv[1] + ".log", "ab") as log:
-    log.write(b"=== " + sys.argv[2].encode() + b"\n" + banner + b"\n---\n" + answer + b"\n")
-print(answer.decode(errors="replace").replace("\r", ""))
-PY
-}
-
 ip netns add "$NS" || { fail "cannot create a network namespace"; finish; exit 1; }
 start_daemon --port "vale0:src=$WORK/src.sock" --port "vale0:dst=$WORK/dst.sock" --host-port "vale0:$TAP" || { finish; exit 1; }
 ip link set "$TAP" netns "$NS" && ip -n "$NS" link set lo up && ip -n "$NS" addr add 10.78.0.1/24 dev "$TAP" && ip -n "$NS" link set "$TAP" up \
