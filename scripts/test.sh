@@ -41,10 +41,12 @@ if [ -z "${SKIP_INTEGRATION:-}" ]; then
   run Tests/Integration/testpmd-switching.sh ",mrg_rxbuf=1,queue_size=256"
   run Tests/Integration/testpmd-switching.sh ",queue_size=256" 2
   run Tests/Integration/backend-restart.sh 5
+  run Tests/Integration/frontend-churn.sh 1000
   run Tests/Integration/host-port.sh
   run Tests/Integration/vale-ctl.sh
   run Tests/Integration/guest-ping.sh
   run Tests/Integration/memory-hotplug.sh
+  run Tests/Integration/qemu-restart.sh 20
   run Tests/Integration/two-guests.sh
   run Tests/Integration/pktgen.sh
   run Tests/Integration/guest-pktgen.sh

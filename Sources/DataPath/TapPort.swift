@@ -49,6 +49,22 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
     public private(set) var writesWhileDown: UInt64 = 0
     public private(set) var offloads: TapOffloads = []
 
+    /// Opens the tap's queues. A queue of a process that just died (SIGKILL, a crash) stays
+    /// attached until the kernel has torn down that process's io_uring, which holds it as a
+    /// registered file: EBUSY while no process holds it is retried for up to 3 s.
+    static func open(name: String, queues: Int) throws(Errno) -> [OwnedDescriptor] {
+        var attempts = 0
+        while true {
+            do {
+                return try Tap.open(name: name, queues: queues)
+            } catch {
+                attempts += 1
+                guard error == .resourceBusy, attempts < 30, Tap.processesAttached(to: name).isEmpty else { throw error }
+                usleep(100_000)
+            }
+        }
+    }
+
     /// What to do about a tap that would not open, from what is there.
     static func advice(name: String, existed: Bool, queues: Int, error: Errno) -> String {
         if error == .notPermitted || error == .permissionDenied {
@@ -60,6 +76,9 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
         if !holders.isEmpty {
             return "\(name) is in use by \(holders.map(\.owner).joined(separator: ", ")): stop it, or use another name"
         }
+        if error == .resourceBusy {
+            return "\(name) is busy but no process holds it (a queue still being released by a process that ended?); try again"
+        }
         return "the existing tap must have been created \(queues > 1 ? "with" : "without") multi_queue (ip tuntap add dev \(name) mode tap\(queues > 1 ? " multi_queue" : ""))"
     }
 
@@ -70,7 +89,7 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
         self.logger = logger.with("hostPort", name)
         let existed = Tap.exists(name)
         do {
-            queues = try Tap.open(name: name, queues: queueCount)
+            queues = try Self.open(name: name, queues: queueCount)
         } catch {
             throw HostPortError("cannot open tap \(name) (\(queueCount) queue(s)): \(error); " + Self.advice(name: name, existed: existed, queues: queueCount, error: error))
         }

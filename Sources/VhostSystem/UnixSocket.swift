@@ -28,7 +28,8 @@ public enum UnixSocket {
     /// Whether a process listens on the socket at `path`.
     public static func isListening(_ path: String) -> Bool { probe(path) != nil }
 
-    /// Probes the socket at `path`: nil when nobody listens on it (stale or absent), else the
+    /// Probes the socket at `path`: nil when nobody listens on it (stale or absent, or its
+    /// listener's process has exited), else the
     /// listener's process id when the kernel tells it (SO_PEERCRED; not while its backlog is full).
     /// The probe never blocks: a listener whose backlog is full (EAGAIN) is still a listener;
     /// only ECONNREFUSED and the like mean stale.
@@ -44,6 +45,10 @@ public enum UnixSocket {
         }
         if rc == 0 {
             let pid = cvh_peer_pid(probe.rawValue)
+            // A process killed with SIGKILL leaves its listener answering for a moment: its
+            // io_uring (a multishot accept) holds the socket until the kernel tears the ring
+            // down. The listener's process is gone, so the socket is stale.
+            if pid > 0 && kill(pid, 0) == -1 && errno == ESRCH { return nil }
             return Listener(processID: pid > 0 ? pid : nil)
         }
         return errno == EAGAIN || errno == EINPROGRESS ? Listener(processID: nil) : nil
