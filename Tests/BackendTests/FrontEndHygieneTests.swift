@@ -16,6 +16,12 @@ import VhostUser
         #expect { try Daemon(options: DaemonOptions(ports: [port]), logger: quietLogger) } throws: {
             "\($0)".contains("in use: process \(getpid())")
         }
+        // At run time too: a port attached onto a live socket (here another port's) is refused.
+        let second = try RunningDaemon(ports: ["vale1:b"])
+        defer { _ = second.stop() }
+        let answer = String(decoding: try ControlClient.request("attach vale1:c=\(first.directory)/a.sock", socket: "\(second.directory)/control.sock"), as: UTF8.self)
+        #expect(answer.hasPrefix("error: ") && answer.contains("\(first.directory)/a.sock is in use: process \(getpid())"), "\(answer)")
+        #expect(UnixSocket.isListening("\(first.directory)/a.sock"))
     }
 
     /// A start that fails at its second port removes the first port's socket file.
