@@ -55,7 +55,7 @@ let package = Package(
             "VhostSystem", "CVhostShim",
             .product(name: "SystemPackage", package: "swift-system"),
         ], swiftSettings: datapathSettings),
-        .target(name: "VALESwitch", dependencies: ["Virtio"], swiftSettings: datapathSettings),
+        .target(name: "VALESwitch", dependencies: ["Virtio", "VhostSystem"], swiftSettings: datapathSettings),
         .target(name: "CNetmap"),
         .target(name: "Netmap", dependencies: [
             "CNetmap", "VhostSystem",

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: installs what they need, the Swift unit and hostile-input tests, then the
 # integration tests against real peers (dpdk-testpmd virtio-user, QEMU guests, libvirtd, and the
-# real netmap module in a guest: Tests/Integration/netmap-kernel.sh).
+# real netmap module in a guest: Tests/Integration/netmap-kernel.sh). The Swift tests also run
+# under AddressSanitizer and ThreadSanitizer (scripts/sanitize.sh; add --integration there for
+# the daemon under dpdk-testpmd).
 # The last line is "N passed, M failed". Set SKIP_INTEGRATION=1 for the Swift tests alone.
 set -u
 cd "$(dirname "$0")/.."
@@ -19,6 +21,13 @@ else
   echo "swift test failed (exit $rc)"
   failed=$((failed + 1))
 fi
+
+run_sanitized() {
+  echo "== scripts/sanitize.sh $1 (the Swift tests under the sanitizer)"
+  if scripts/sanitize.sh "$1"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+}
+run_sanitized address
+run_sanitized thread
 
 if [ -z "${SKIP_INTEGRATION:-}" ]; then
   echo "== swift build -c release"

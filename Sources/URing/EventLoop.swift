@@ -53,16 +53,26 @@ public final class EventLoop {
     }
 
     deinit {
+        cancelAll()
+    }
+
+    /// Cancels every watch, receive, read and timer, and waits (bounded) until the kernel gave
+    /// back every buffer it may still write. Handlers are released: what they captured (even
+    /// this loop, through an object they hold) goes with them.
+    public func cancelAll() {
         for token in Array(registrations.keys) { cancel(Token(rawValue: token)) }
         // Wait (bounded) for the kernel to give back every buffer it may still write.
         var rounds = 0
         while !retiring.isEmpty && rounds < 50 {
             rounds += 1
             ring.submitAndWait(timeoutNanoseconds: 10_000_000) { c in
+                guard let r = retiring[c.userData] else { return }
+                if case .accept = r, c.result >= 0 { close(c.result) }
                 if !c.more { release(retiring.removeValue(forKey: c.userData)) }
             }
         }
         for r in retiring.values { release(r) }
+        retiring.removeAll()
     }
 
     private func release(_ r: Registration?) {

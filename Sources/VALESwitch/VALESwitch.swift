@@ -1,4 +1,5 @@
 import Synchronization
+import VhostSystem
 import Virtio
 
 public enum SwitchError: Error, Equatable, CustomStringConvertible {
@@ -21,7 +22,7 @@ public final class VALESwitch: @unchecked Sendable {
     public static let maxPorts = 254
 
     public let name: String
-    public let lock = Mutex<Void>(())
+    public let lock = Lock<Void>(())
 
     /// Strong references: they keep the ports alive while attached.
     private var ports: [SwitchPort?]

@@ -26,7 +26,7 @@ protocol ControlCommands: AnyObject {
 /// the front-ends of descriptors).
 final class ControlServer {
     unowned let commands: any ControlCommands
-    let loop: EventLoop
+    unowned let loop: EventLoop
     let logger: Logger
     static let maxClients = 32
     static let maxLineLength = 4096

@@ -192,6 +192,8 @@ public final class Daemon: @unchecked Sendable {
         supervisor.resetAll()
         topology.stopWorkers()
         supervisor.removeSocketFiles()
+        // Every handler goes, and with it what it holds (endpoints, devices, connections).
+        loop.cancelAll()
     }
 }
 

@@ -103,6 +103,7 @@ final class RunningDaemon: @unchecked Sendable {
     func stop() -> Int32 {
         daemon.requestStop()
         _ = finished.wait(timeout: .now() + 30)
+        thread = nil  // the thread's block holds this object: break the cycle once it ran
         try? FileManager.default.removeItem(atPath: directory)
         return exitCode
     }

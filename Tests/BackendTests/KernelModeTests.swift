@@ -5,15 +5,16 @@ import Netmap
 import Synchronization
 import Testing
 import TestSupport
+import VhostSystem
 @testable import VhostNetmapBackend
 
 /// Opens every netmap port on a `KernelModel` of its own, remembering which names were opened.
 /// The port's poll descriptor is the model's readiness eventfd, so the worker sleeps and is woken
 /// by the "kernel" as it is by /dev/netmap.
 final class ModelOpener: NetmapPortOpening, @unchecked Sendable {
-    private let models = Mutex<[String: KernelModel]>([:])
+    private let models = Lock<[String: KernelModel]>([:])
     /// The sync mode the daemon asked for, per port (the model syncs like ioctls either way).
-    let requestedSync = Mutex<[String: NetmapSyncMode]>([:])
+    let requestedSync = Lock<[String: NetmapSyncMode]>([:])
 
     func open(_ name: NetmapPortName, sync: NetmapSyncMode) throws -> OpenedNetmapPort {
         let model = KernelModel(slots: 256)

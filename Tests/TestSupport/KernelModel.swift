@@ -37,7 +37,7 @@ public final class KernelModel: NetmapSync, @unchecked Sendable {
     public private(set) var txsyncCalls = 0
     public private(set) var rxsyncCalls = 0
     /// Serialises the syncs (called by a switch worker) with the accessors below (a test thread).
-    let lock = Mutex<Void>(())
+    let lock = Lock<Void>(())
 
     /// Polls readable as a netmap descriptor does: while frames wait for user space, either
     /// queued for the next rxsync or reported by the last one and not yet released (level

@@ -1,0 +1,37 @@
+import Synchronization
+
+#if VHOST_NETMAP_TSAN
+import Glibc
+
+/// A lock (the switch lock, and the tests' models) as ThreadSanitizer builds see it (`scripts/sanitize.sh thread` defines
+/// VHOST_NETMAP_TSAN): a pthread mutex, whose acquire and release TSan tracks. The standard
+/// library's Mutex waits on a raw futex, which TSan cannot see, so every access the lock orders
+/// would be reported as a race.
+public final class Lock<Value>: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    // Behind a pointer, not a stored property: a zero-sized Value would share its address with
+    // `mutex`, and the exclusivity instrumentation would report reading `mutex` as a race.
+    private let value = UnsafeMutablePointer<Value>.allocate(capacity: 1)
+
+    public init(_ initial: Value) {
+        value.initialize(to: initial)
+        pthread_mutex_init(mutex, nil)
+    }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+        value.deinitialize(count: 1)
+        value.deallocate()
+    }
+
+    public func withLock<Result, E: Error>(_ body: (inout Value) throws(E) -> Result) throws(E) -> Result {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body(&value.pointee)
+    }
+}
+#else
+/// A lock: the standard library's Mutex (a futex).
+public typealias Lock<Value> = Mutex<Value>
+#endif
