@@ -87,6 +87,15 @@ let package = Package(
         .testTarget(name: "URingTests", dependencies: ["URing", "VhostSystem"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VhostSystem", "TestSupport"]),
         .testTarget(name: "VALESwitchTests", dependencies: ["VALESwitch", "Virtio", "VhostSystem"]),
+        // Fuzz targets (scripts/fuzz.sh builds them with libFuzzer; a plain build replays files).
+        .target(name: "CFuzzDriver", path: "Tests/Fuzz/CFuzzDriver"),
+        .executableTarget(name: "FuzzFraming", dependencies: [
+            "CFuzzDriver", "VhostNetmapBackend", "VALESwitch", "VhostSystem", "VhostUser",
+            .product(name: "Logging", package: "swift-log"),
+        ], path: "Tests/Fuzz/FuzzFraming"),
+        .executableTarget(name: "FuzzChainWalker", dependencies: ["CFuzzDriver", "Virtio", "VhostSystem"], path: "Tests/Fuzz/FuzzChainWalker"),
+        .executableTarget(name: "FuzzNames", dependencies: ["CFuzzDriver", "Netmap", "VhostNetmapBackend"], path: "Tests/Fuzz/FuzzNames"),
+        .executableTarget(name: "FuzzPktGenOptions", dependencies: ["CFuzzDriver", "PacketGenerator"], path: "Tests/Fuzz/FuzzPktGenOptions"),
         .testTarget(name: "BackendTests", dependencies: [
             "VhostNetmapBackend", "VhostUser", "Virtio", "VALESwitch", "VhostSystem", "TestSupport", "DataPath", "Netmap",
             .product(name: "Logging", package: "swift-log"),

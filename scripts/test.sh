@@ -28,6 +28,8 @@ run_sanitized() {
 }
 run_sanitized address
 run_sanitized thread
+echo "== scripts/fuzz.sh 10 (every fuzz target, 10 s each: must find nothing)"
+if scripts/fuzz.sh 10; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 
 if [ -z "${SKIP_INTEGRATION:-}" ]; then
   echo "== swift build -c release"
