@@ -28,9 +28,8 @@ final class FrontEndSupervisor {
         var shortSessions = 0
         var refused = 0
         var lastLeaveReason: String?
-        /// While a front-end in a leave loop is slowed down: when the port serves again, and the
+        /// While a front-end in a leave loop is slowed down: the timer that ends the pause, and the
         /// connection that came meanwhile (the newest; older ones are closed).
-        var pausedUntil: ContinuousClock.Instant?
         var acceptPause: EventLoop.Token?
         var waiting: OwnedDescriptor?
         var refusedFrontEnds = RateLimitedLog(interval: 10)
@@ -177,7 +176,7 @@ final class FrontEndSupervisor {
                 return
             }
         }
-        if let until = e.pausedUntil, ContinuousClock.now < until {
+        if e.acceptPause != nil {
             e.waiting = socket  // served when the pause ends
             return
         }
@@ -264,11 +263,9 @@ final class FrontEndSupervisor {
             e.reconnectTimer = loop.after(nanoseconds: pause ?? reconnectInitial) { [unowned self] in connect(e) }
         } else if let pause {
             // Connections that come meanwhile wait (the newest is served when the pause ends).
-            e.pausedUntil = ContinuousClock.now + .nanoseconds(Int64(pause))
             if let t = e.acceptPause { loop.cancel(t) }
             e.acceptPause = loop.after(nanoseconds: pause) { [unowned self] in
                 e.acceptPause = nil
-                e.pausedUntil = nil
                 if let socket = e.waiting, !e.removed {
                     e.waiting = nil
                     acceptFrontEnd(socket, for: e)

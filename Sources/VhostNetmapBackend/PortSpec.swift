@@ -62,7 +62,7 @@ public struct PortSpec: Sendable, Equatable {
         let name: String
         var path: String?
         let rest: [String]
-        if let eq = text.firstIndex(of: "=") , !text[..<eq].contains(",") {
+        if let eq = text.firstIndex(of: "="), !text[..<eq].contains(",") {
             name = String(text[..<eq])
             let fields = text[text.index(after: eq)...].split(separator: ",", omittingEmptySubsequences: false).map(String.init)
             guard let p = fields.first, !p.isEmpty else { throw .message("'\(text)': missing socket path after '=' (\(syntax))") }

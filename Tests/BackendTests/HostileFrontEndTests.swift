@@ -240,13 +240,8 @@ import Virtio
 /// A guest that corrupts its own rings: only its own rings stop.
 @Suite struct HostileGuest {
     @Test func brokenRingIsIsolated() throws {
-        let vale = VALESwitch(name: "vale0")
-        let evil = try TestGuest("evil", on: vale, mac: 6)
-        let a = try TestGuest("a", on: vale, mac: 1)
-        let b = try TestGuest("b", on: vale, mac: 2)
+        let (vale, evil, a, b) = try bystandersAndSubject("evil", mac: 6)
         try evil.start()
-        try a.start()
-        try b.start()
         let errorFD = try EventFD.make()
         try evil.handle(message(.setVringErr, u64(1), fds: [errorFD]))
         // Avail index 1000 entries ahead on a 256-entry ring.

@@ -79,12 +79,8 @@ extension TestGuest {
     /// Removing the region that holds running rings stops and breaks them (error eventfd
     /// signalled), and nothing faults; the other ports go on; the device's next setup runs again.
     @Test func removingTheRingsRegionBreaksThoseRingsOnly() throws {
-        let vale = VALESwitch(name: "vale0")
-        let a = try TestGuest("a", on: vale, mac: 1)
-        let b = try TestGuest("b", on: vale, mac: 2)
-        let c = try TestGuest("c", on: vale, mac: 3)
-        try a.start()
-        try c.start()
+        // b is the subject here (memory slots); a and c are the bystanders.
+        let (vale, b, a, c) = try bystandersAndSubject("s", mac: 3)
         try b.startWithMemorySlots()
         let errorFD = try EventFD.make()
         try b.handle(message(.setVringErr, u64(0), fds: [OwnedDescriptor(adopting: dup(errorFD.rawValue))]))
@@ -111,12 +107,7 @@ extension TestGuest {
     /// What a front-end controls, refused by the rule that applies: no negotiation, overlap (in
     /// guest or front-end addresses), a region beyond its file, slots exhausted at 510, framing.
     @Test func hostileRegionsAreRefused() throws {
-        let vale = VALESwitch(name: "vale0")
-        let v = try TestGuest("v", on: vale, mac: 9)
-        let a = try TestGuest("a", on: vale, mac: 1)
-        let b = try TestGuest("b", on: vale, mac: 2)
-        try a.start()
-        try b.start()
+        let (vale, v, a, b) = try bystandersAndSubject("v", mac: 9)
         let first = v.halves[0]
         #expect(throws: ProtocolError.refused(.addMemReg, .notNegotiated(.configureMemSlots))) { try v.addRegion(first) }
         #expect(throws: ProtocolError.refused(.getMaxMemSlots, .notNegotiated(.configureMemSlots))) { try v.handle(message(.getMaxMemSlots)) }

@@ -171,6 +171,18 @@ func startedPair() throws -> (VALESwitch, TestGuest, TestGuest) {
     return (vale, a, b)
 }
 
+/// A switch with two started bystanders, `a` (MAC ...:01) and `b` (...:02), and a guest `name`
+/// (MAC ...:`mac`) not started yet: the subject of a test that must leave the others working.
+func bystandersAndSubject(_ name: String, mac: UInt8) throws -> (VALESwitch, subject: TestGuest, a: TestGuest, b: TestGuest) {
+    let vale = VALESwitch(name: "vale0")
+    let subject = try TestGuest(name, on: vale, mac: mac)
+    let a = try TestGuest("a", on: vale, mac: 1)
+    let b = try TestGuest("b", on: vale, mac: 2)
+    try a.start()
+    try b.start()
+    return (vale, subject, a, b)
+}
+
 func pump(_ vale: VALESwitch, passes: Int = 64) {
     for _ in 0..<passes {
         if vale.lock.withLock({ _ in vale.runPass(budget: 32) }) == 0 { return }

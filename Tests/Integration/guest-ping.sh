@@ -6,12 +6,7 @@
 . "$(dirname "$0")/lib.sh"
 COUNT=${COUNT:-10}
 IMAGE=${GUEST_IMAGE:-/tmp/vhost-netmap-guest}
-"$ROOT/qemu-glue/guest/build-image.sh" "$IMAGE" > "$WORK/image.log" 2>&1 || { fail "guest image: $(tail -1 "$WORK/image.log")"; finish; exit 1; }
-start_daemon --port "vale0:guest=$WORK/guest.sock" --port "vale0:echo=$WORK/echo.sock" || exit 1
-start_testpmd echo "$WORK/echo.sock" 02:00:00:00:00:01 1
-wait_for port_ready vale0:echo || fail "testpmd never got ready rings"
-tp echo "set fwd icmpecho"
-tp echo "start"
+start_guest_and_echo_peer || { finish; exit 1; }
 # Debian's QEMU 7.2 crashes under TCG with vhost-user and MSI-X: the device uses INTx (vectors=0).
 timeout 300 qemu-system-x86_64 -accel tcg -smp 1 -nographic -no-reboot -nodefaults \
   -serial "file:$WORK/guest.log" -monitor none -display none \

@@ -119,6 +119,18 @@ print(answer.decode(errors="replace").replace("\r", ""))
 PY
 }
 
+# start_guest_and_echo_peer: the test guest image ($IMAGE), and a daemon with a port for a QEMU
+# guest (vale0:guest, $WORK/guest.sock) beside a dpdk-testpmd in icmpecho mode (vale0:echo), which
+# answers the guest's ARP and pings as 10.0.0.1.
+start_guest_and_echo_peer() {
+  "$ROOT/qemu-glue/guest/build-image.sh" "$IMAGE" > "$WORK/image.log" 2>&1 || { fail "guest image: $(tail -1 "$WORK/image.log")"; return 1; }
+  start_daemon --port "vale0:guest=$WORK/guest.sock" --port "vale0:echo=$WORK/echo.sock" || return 1
+  start_testpmd echo "$WORK/echo.sock" 02:00:00:00:00:01 1
+  wait_for port_ready vale0:echo || fail "testpmd never got ready rings"
+  tp echo "set fwd icmpecho"
+  tp echo "start"
+}
+
 finish() {
   echo "  $(basename "$0"): $FAILURES failure(s)"
   [ "$FAILURES" -eq 0 ]

@@ -9,12 +9,7 @@ IMAGE=${GUEST_IMAGE:-/tmp/vhost-netmap-guest}
 COUNT=100
 QPID=""
 trap '[ -n "$QPID" ] && { kill -KILL "$QPID" 2>/dev/null; wait "$QPID" 2>/dev/null; }; cleanup' EXIT
-"$ROOT/qemu-glue/guest/build-image.sh" "$IMAGE" > "$WORK/image.log" 2>&1 || { fail "guest image: $(tail -1 "$WORK/image.log")"; finish; exit 1; }
-start_daemon --port "vale0:guest=$WORK/guest.sock" --port "vale0:echo=$WORK/echo.sock" || exit 1
-start_testpmd echo "$WORK/echo.sock" 02:00:00:00:00:01 1
-wait_for port_ready vale0:echo || fail "testpmd never got ready rings"
-tp echo "set fwd icmpecho"
-tp echo "start"
+start_guest_and_echo_peer || { finish; exit 1; }
 qemu-system-x86_64 -accel tcg -smp 1 -nographic -no-reboot -nodefaults \
   -serial "file:$WORK/guest.log" -monitor "unix:$WORK/mon,server=on,wait=off" -display none \
   $("$BIN" qemu-args --socket "$WORK/guest.sock" --memory 384M --mac 52:54:00:12:34:56 --no-msix) \
