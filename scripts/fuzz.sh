@@ -11,7 +11,7 @@
 set -u
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-60}; shift || true
-TARGETS=("$@"); [ ${#TARGETS[@]} -eq 0 ] && TARGETS=(FuzzFraming FuzzChainWalker FuzzNames FuzzPktGenOptions)
+TARGETS=("$@"); [ ${#TARGETS[@]} -eq 0 ] && TARGETS=(FuzzFraming FuzzChainWalker FuzzRXWriter FuzzNames FuzzPktGenOptions)
 FUZZER_LIB=$(ls "$(dirname "$(dirname "$(readlink -f "$(command -v swift)")")")"/lib/clang/*/lib/linux/libclang_rt.fuzzer_no_main-x86_64.a 2>/dev/null | head -1)
 [ -n "$FUZZER_LIB" ] || { echo "fuzz.sh: libclang_rt.fuzzer_no_main not found beside the Swift toolchain" >&2; exit 1; }
 [ -d Tests/Fuzz/Corpus ] || python3 Tests/Fuzz/make-seeds.py

@@ -15,6 +15,7 @@ public struct NetmapRegion: @unchecked Sendable {
         guard interfaceOffset >= 0, size >= MemoryLayout<vnm_if>.size, interfaceOffset <= size - MemoryLayout<vnm_if>.size else {
             throw .outside("netmap_if at \(interfaceOffset) of a \(size)-byte region")
         }
+        guard interfaceOffset % 8 == 0 else { throw .outside("netmap_if at \(interfaceOffset), not 8-byte aligned") }
         self.base = base
         self.size = size
         self.interfaceOffset = interfaceOffset
@@ -41,22 +42,29 @@ public struct NetmapRegion: @unchecked Sendable {
         guard index >= 0, index < total else { throw .outside("ring \(index) of \(total)") }
         let ofsField = interfaceOffset + MemoryLayout<vnm_if>.size + index * 8
         guard ofsField + 8 <= size else { throw .outside("ring_ofs[\(index)] beyond the region") }
-        let offset = Int(base.load(fromByteOffset: ofsField, as: Int64.self))
+        // Offsets are bounded by the region before any arithmetic on them (no overflow).
+        let offset = base.loadUnaligned(fromByteOffset: ofsField, as: Int64.self)
         if offset == 0 { return nil }
-        let ringStart = interfaceOffset + offset
-        guard ringStart >= 0, ringStart + MemoryLayout<vnm_ring>.size <= size else { throw .outside("ring \(index) at \(ringStart)") }
+        guard offset > -Int64(size), offset < Int64(size) else { throw .outside("ring \(index) at offset \(offset) from netmap_if") }
+        let ringStart = interfaceOffset + Int(offset)
+        guard ringStart >= 0, ringStart <= size - MemoryLayout<vnm_ring>.size, ringStart % 8 == 0 else {
+            throw .outside("ring \(index) at \(ringStart)")
+        }
         let ring = (base + ringStart).assumingMemoryBound(to: vnm_ring.self)
         let slots = Int(ring.pointee.num_slots)
-        guard slots >= 2, ringStart + MemoryLayout<vnm_ring>.size + slots * MemoryLayout<vnm_slot>.size <= size else {
+        guard slots >= 2, slots <= (size - ringStart - MemoryLayout<vnm_ring>.size) / MemoryLayout<vnm_slot>.size else {
             throw .outside("ring \(index): \(slots) slots do not fit")
         }
+        // A slot's length is 16 bits: a larger buffer could not be described by one.
         let bufferSize = Int(ring.pointee.nr_buf_size)
-        guard bufferSize >= 64 else { throw .outside("ring \(index): buffer size \(bufferSize)") }
-        let buffersStart = ringStart + Int(ring.pointee.buf_ofs)
+        guard bufferSize >= 64, bufferSize <= Int(UInt16.max) else { throw .outside("ring \(index): buffer size \(bufferSize)") }
+        let bufferOffset = ring.pointee.buf_ofs
+        guard bufferOffset > -Int64(size), bufferOffset < Int64(size) else { throw .outside("ring \(index): buffers at offset \(bufferOffset)") }
+        let buffersStart = ringStart + Int(bufferOffset)
         guard buffersStart >= 0, buffersStart <= size else { throw .outside("ring \(index): buffers at \(buffersStart)") }
         // Buffers 0 and 1 are reserved; the last usable index is bounded by the region's end.
         let bufferCount = (size - buffersStart) / bufferSize
-        return NetmapRing(ring: ring, buffers: base + buffersStart, bufferSize: bufferSize, bufferCount: bufferCount)
+        return NetmapRing(ring: ring, slotCount: UInt32(slots), buffers: base + buffersStart, bufferSize: bufferSize, bufferCount: bufferCount)
     }
 
     public func txRing(_ i: Int) throws(LayoutError) -> NetmapRing? { try ring(at: i) }
@@ -89,11 +97,21 @@ public struct NetmapRing: @unchecked Sendable {
     /// Buffers addressable from this ring (indices below this stay inside the region).
     public let bufferCount: Int
 
+    init(ring: UnsafeMutablePointer<vnm_ring>, slotCount: UInt32, buffers: UnsafeMutableRawPointer, bufferSize: Int, bufferCount: Int) {
+        self.ring = ring
+        self.slotCount = slotCount
+        self.buffers = buffers
+        self.bufferSize = bufferSize
+        self.bufferCount = bufferCount
+    }
+
     public static let moreFragments: UInt16 = UInt16(VNM_NS_MOREFRAG)
     public static let bufferChanged: UInt16 = UInt16(VNM_NS_BUF_CHANGED)
     public static let maxFragments = Int(VNM_MAX_FRAGS)
 
-    public var slotCount: UInt32 { ring.pointee.num_slots }
+    /// num_slots as validated when the ring was found: the region is writable by the kernel and
+    /// by other processes on the same allocator, so a later value is never trusted.
+    public let slotCount: UInt32
     /// The ring's index among its port's rings of its direction.
     public var ringID: UInt16 { ring.pointee.ringid }
     public var head: UInt32 {

@@ -160,7 +160,8 @@ import Virtio
 }
 
 @Suite struct NetmapRegionValidation {
-    @Test(arguments: [Int64(1 << 40), -8192, 8])
+    // Int64.max and Int64.min overflowed the offset arithmetic (FuzzNetmapRing's first finding).
+    @Test(arguments: [Int64(1 << 40), -8192, 8, .max, .min, 4])
     func ringOffsetsOutsideTheMappingAreRefused(offset: Int64) {
         let model = KernelModel()
         // ring_ofs[0] (the first TX ring) now points outside the region (or into the interface).
@@ -179,5 +180,39 @@ import Virtio
         #expect(throws: NetmapRegion.LayoutError.self) {
             _ = try NetmapKernelPort(name: "x", region: model.region, headerLength: 12, sync: model, pollDescriptor: -1)
         }
+    }
+
+    @Test(arguments: [(UInt32(70_000), Int64(0)), (2048, .max), (2048, .min), (32, 0)])
+    func aBufferSizeOrOffsetNoSlotCanDescribeIsRefused(bufferSize: UInt32, bufferOffset: Int64) {
+        let model = KernelModel()
+        model.ring(tx: 0).pointee.nr_buf_size = bufferSize
+        if bufferOffset != 0 { model.ring(tx: 0).pointee.buf_ofs = bufferOffset }
+        #expect(throws: NetmapRegion.LayoutError.self) {
+            _ = try NetmapKernelPort(name: "x", region: model.region, headerLength: 12, sync: model, pollDescriptor: -1)
+        }
+    }
+
+    @Test func aMisalignedInterfaceOffsetIsRefused() {
+        let model = KernelModel()
+        #expect(throws: NetmapRegion.LayoutError.self) {
+            _ = try NetmapRegion(base: model.memory, size: model.size, interfaceOffset: model.interfaceOffset + 4)
+        }
+    }
+
+    /// The region is writable by the kernel and by other processes on the same allocator: a
+    /// num_slots rewritten after the rings were found must not move any access beyond them.
+    @Test func slotCountsAreTheValidatedOnes() throws {
+        let model = KernelModel(slots: 64)
+        let port = try NetmapKernelPort(name: "x", region: model.region, headerLength: 0, sync: model, pollDescriptor: -1)
+        model.ring(tx: 0).pointee.num_slots = 1 << 30
+        model.ring(tx: 0).pointee.cur = 1000
+        let frame = [UInt8](repeating: 0xff, count: 60)
+        let result = frame.withUnsafeBytes { raw in
+            var segment = Segment(base: UnsafeMutableRawPointer(mutating: raw.baseAddress!), length: raw.count)
+            return withUnsafePointer(to: &segment) {
+                port.deliver(Frame(header: VirtioNetHeader(), segments: $0, segmentCount: 1, offset: 0, length: 60, queuePair: 0))
+            }
+        }
+        #expect(result == .notReady && port.badSlots == 1, "cur 1000 is beyond the 64 slots found")
     }
 }

@@ -49,3 +49,61 @@ for name in ["vale0:vm1", "vale0:vm1=/run/x.sock,client,queues=4,mode=0660,group
 for i, args in enumerate([["-i", "vhost-user:/tmp/a.sock", "-f", "tx", "-n", "1000", "-l", "60"],
              ["-ivale0:x", "-frx", "-W", "-T", "500"], ["-i", "eth0", "-f", "ping", "-D", "02:00:00:00:00:01", "-R", "1000"]]):
     put("FuzzPktGenOptions", f"args-{i}", b"\0".join(a.encode() for a in args))
+
+
+def rx_seed(options, frames, descriptors, heads, extra=()):
+    """FuzzRXWriter: 32 bytes of parameters (ring of 8), then guest memory from gpa 0x10000: the
+    descriptor table, the avail ring at +0x1000 naming `heads`, and `extra` (offset, bytes)."""
+    params = bytearray(32)
+    params[0], params[1], params[2], params[3] = 3, options, len(frames) - 1, 0x21
+    for i, (length, hdr) in enumerate(frames):
+        struct.pack_into("<HB", params, 8 + 3 * i, length, hdr)
+    mem = bytearray(0x3000)
+    for i, d in enumerate(descriptors):
+        struct.pack_into("<QIHH", mem, 16 * i, *d)
+    struct.pack_into("<HH", mem, 0x1000, 0, len(heads))
+    for i, h in enumerate(heads):
+        struct.pack_into("<H", mem, 0x1004 + 2 * i, h)
+    for offset, data in extra:
+        mem[offset:offset + len(data)] = data
+    return bytes(params) + bytes(mem)
+
+
+W, N, I = 2, 1, 4  # VRING_DESC_F_WRITE, NEXT, INDIRECT
+put("FuzzRXWriter", "single", rx_seed(0x02, [(60, 0), (1500, 1), (100, 0)],
+                                       [(0x20000 + 4096 * i, 2048, W, 0) for i in range(4)], [0, 1, 2, 3]))
+put("FuzzRXWriter", "mergeable", rx_seed(0x01 | 0x20, [(1500, 1), (60, 0)],
+                                          [(0x20000 + 1024 * i, 512, W, 0) for i in range(8)], list(range(8))))
+put("FuzzRXWriter", "split-chain", rx_seed(0x02 | 0x08, [(1000, 0)],
+                                            [(0x1ff00, 0x100, W | N, 1), (0x20000, 2048, W, 0)], [0]))
+table = b"".join(struct.pack("<QIHH", *d) for d in [(0x21000, 12, W | N, 1), (0x22000, 1500, W, 0)])
+put("FuzzRXWriter", "indirect-logged", rx_seed(0x02 | 0x04 | 0x10, [(1400, 0)], [(0x12f00, 32, I, 0)], [0],
+                                                extra=[(0x2f00, table)]))
+
+
+def netmap_seed(header_choice, rx_frames):
+    """FuzzNetmapRing: parameters, 16 kernel actions (zeros: harmless), then a 64 KiB netmap
+    region: netmap_if at 256 (one TX, one RX ring), TX ring at 1024 (16 slots free), RX ring at
+    2048 holding `rx_frames` (lists of fragment lengths), 2048-byte buffers from 8192 (all 0xff: broadcast frames)."""
+    params = bytearray(16)
+    struct.pack_into("<HBB", params, 0, 256, header_choice, 3)
+    params[8:11] = bytes([1, 6, 200])  # frames of 277, 1662 and 55400 bytes
+    region = bytearray(8192) + b"\xff" * ((1 << 16) - 8192)  # buffers of broadcast frames
+    struct.pack_into("<IIIIII", region, 256 + 20, 0, 1, 1, 0, 0, 0)  # flags, tx, rx, bufs_head, host tx, host rx
+    struct.pack_into("<qq", region, 256 + 56, 1024 - 256, 2048 - 256)
+    for start, first_buffer in [(1024, 2), (2048, 18)]:
+        struct.pack_into("<qIIHHIII", region, start, 8192 - start, 16, 2048, 0, 0, 0, 0, 0)
+        for i in range(16):
+            struct.pack_into("<IHH", region, start + 256 + 16 * i, first_buffer + i, 0, 0)
+    struct.pack_into("<I", region, 1024 + 28, 15)  # TX tail: 15 slots ours
+    slot = 0
+    for fragments in rx_frames:
+        for k, length in enumerate(fragments):
+            struct.pack_into("<HH", region, 2048 + 256 + 16 * slot + 4, length, 0x20 if k < len(fragments) - 1 else 0)  # NS_MOREFRAG
+            slot += 1
+    struct.pack_into("<I", region, 2048 + 28, slot)  # RX tail
+    return bytes(params) + bytes(16 * 12) + bytes(region)
+
+
+put("FuzzNetmapRing", "plain", netmap_seed(0, [[60], [2048, 100], [1514]]))
+put("FuzzNetmapRing", "header", netmap_seed(2, [[72], [2048, 2048, 12]]))
