@@ -96,6 +96,10 @@ let package = Package(
         .executableTarget(name: "FuzzChainWalker", dependencies: ["CFuzzDriver", "Virtio", "VhostSystem"], path: "Tests/Fuzz/FuzzChainWalker"),
         .executableTarget(name: "FuzzNames", dependencies: ["CFuzzDriver", "Netmap", "VhostNetmapBackend"], path: "Tests/Fuzz/FuzzNames"),
         .executableTarget(name: "FuzzPktGenOptions", dependencies: ["CFuzzDriver", "PacketGenerator"], path: "Tests/Fuzz/FuzzPktGenOptions"),
+        .executableTarget(name: "FuzzControl", dependencies: [
+            "CFuzzDriver", "VhostNetmapBackend", "URing", .product(name: "Logging", package: "swift-log"),
+        ], path: "Tests/Fuzz/FuzzControl"),
+        .executableTarget(name: "FuzzMemoryTable", dependencies: ["CFuzzDriver", "Virtio", "VhostSystem"], path: "Tests/Fuzz/FuzzMemoryTable"),
         .executableTarget(name: "FuzzNetmapRing", dependencies: ["CFuzzDriver", "DataPath", "Netmap", "VALESwitch", "Virtio"], path: "Tests/Fuzz/FuzzNetmapRing"),
         .executableTarget(name: "FuzzRXWriter", dependencies: ["CFuzzDriver", "DataPath", "VALESwitch", "Virtio", "VhostSystem"], path: "Tests/Fuzz/FuzzRXWriter"),
         .testTarget(name: "BackendTests", dependencies: [

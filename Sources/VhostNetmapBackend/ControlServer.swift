@@ -4,7 +4,7 @@ import URing
 import VhostSystem
 
 /// What the control socket can ask of the daemon.
-protocol ControlCommands: AnyObject {
+package protocol ControlCommands: AnyObject {
     func statisticsJSON(pretty: Bool) -> String
     func forwardingTableJSON() -> String
     func listPorts(_ filter: String) -> String
@@ -24,7 +24,7 @@ protocol ControlCommands: AnyObject {
 /// shuts its side down). A client gets 5 s, a line at most 4 KiB, and at most `maxClients`
 /// are served at once: the next ones are told so and closed (a local flood cannot starve
 /// the front-ends of descriptors).
-final class ControlServer {
+package final class ControlServer {
     unowned let commands: any ControlCommands
     unowned let loop: EventLoop
     let logger: Logger
@@ -34,7 +34,7 @@ final class ControlServer {
     private(set) var clients = 0
     private var refusals = RateLimitedLog(interval: 10)
 
-    init(commands: any ControlCommands, loop: EventLoop, logger: Logger) {
+    package init(commands: any ControlCommands, loop: EventLoop, logger: Logger) {
         self.commands = commands
         self.loop = loop
         self.logger = logger
@@ -49,7 +49,7 @@ final class ControlServer {
             return
         }
         clients += 1
-        var pending: [UInt8] = []
+        var lines = ControlLines()
         var finished = false
         let finish = { [unowned self] in
             guard !finished else { return }
@@ -59,23 +59,18 @@ final class ControlServer {
         let request = loop.readRepeatedly(client.rawValue, length: 1024) { [unowned self] bytes, error in
             guard error == nil, bytes.count > 0 else {
                 // End of stream: a last line without its newline is still a command.
-                if error == nil, !pending.isEmpty { reply(answer(Self.line(pending)), to: client) }
+                if error == nil, let last = lines.finish() { reply(answer(last), to: client) }
                 finish()
                 return .stop
             }
-            pending += bytes
-            var answered = false
-            while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                reply(answer(Self.line(pending[..<newline])), to: client)
-                pending.removeSubrange(...newline)
-                answered = true
-            }
-            if pending.count > Self.maxLineLength {
+            let (complete, tooLong) = lines.append(bytes)
+            for line in complete { reply(answer(line), to: client) }
+            if tooLong {
                 reply("error: line longer than \(Self.maxLineLength) bytes", to: client)
                 finish()
                 return .stop
             }
-            if answered && pending.isEmpty {
+            if !complete.isEmpty && !lines.hasPartialLine {
                 finish()
                 return .stop
             }
@@ -87,10 +82,6 @@ final class ControlServer {
         }
     }
 
-    private static func line(_ bytes: some Collection<UInt8>) -> String {
-        String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
     private func reply(_ text: String, to client: OwnedDescriptor) {
         Array((text + "\n").utf8).withUnsafeBytes { _ = try? UnixSocket.send(client.rawValue, $0) }
     }
@@ -99,7 +90,7 @@ final class ControlServer {
     /// vale` sends: `list`, `attach SPEC` (a vhost-user port, --port syntax), `attach-host SPEC`
     /// (a host port, --host-port syntax), `detach NAME`. Management answers are text: "ok ..." or
     /// "error: ...".
-    func answer(_ line: String) -> String {
+    package func answer(_ line: String) -> String {
         let words = line.split(separator: " ", maxSplits: 1).map(String.init)
         let argument = words.count > 1 ? words[1].trimmingCharacters(in: .whitespaces) : ""
         switch words.first ?? "" {
@@ -134,5 +125,38 @@ final class ControlServer {
         default:
             return "error: unknown command '\(line.prefix(32))'; try: stats, fdb, ping, list, attach, attach-host, detach"
         }
+    }
+}
+
+/// A control client's bytes cut into command lines, as they arrive in pieces: each complete line
+/// (without its newline, trimmed), and whether the pending partial line grew past
+/// `ControlServer.maxLineLength` (the client is then refused).
+package struct ControlLines {
+    private var pending: [UInt8] = []
+
+    package init() {}
+
+    package var hasPartialLine: Bool { !pending.isEmpty }
+
+    package mutating func append(_ bytes: some Collection<UInt8>) -> (lines: [String], tooLong: Bool) {
+        pending += bytes
+        var lines: [String] = []
+        var start = pending.startIndex
+        while let newline = pending[start...].firstIndex(of: UInt8(ascii: "\n")) {
+            lines.append(Self.line(pending[start..<newline]))
+            start = newline + 1
+        }
+        pending.removeSubrange(..<start)
+        return (lines, pending.count > ControlServer.maxLineLength)
+    }
+
+    /// The last line, when the client ended its stream without a newline.
+    package mutating func finish() -> String? {
+        defer { pending = [] }
+        return pending.isEmpty ? nil : Self.line(pending)
+    }
+
+    private static func line(_ bytes: some Collection<UInt8>) -> String {
+        String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 }

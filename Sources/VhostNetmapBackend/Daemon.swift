@@ -198,17 +198,17 @@ public final class Daemon: @unchecked Sendable {
 }
 
 extension Daemon: ControlCommands {
-    var socketDirectory: String { options.socketDirectory }
-    func forwardingTableJSON() -> String { topology.forwardingTableJSON() }
-    func listPorts(_ filter: String) -> String { topology.listPorts(filter) }
+    package var socketDirectory: String { options.socketDirectory }
+    package func forwardingTableJSON() -> String { topology.forwardingTableJSON() }
+    package func listPorts(_ filter: String) -> String { topology.listPorts(filter) }
 
-    func portExists(_ name: String) -> Bool {
+    package func portExists(_ name: String) -> Bool {
         supervisor.endpoint(named: name) != nil || topology.hostPorts.contains { $0.spec.fullName == name }
     }
 
     /// A vhost-user device for `spec` on its switch (kernel mode: on a switch of its own,
     /// cross-connected to the netmap port), served by the supervisor.
-    func attachPort(_ spec: PortSpec) throws -> Int {
+    package func attachPort(_ spec: PortSpec) throws -> Int {
         let (vale, worker) = try topology.switchFor(spec)
         let device = try VhostNetDevice(name: spec.fullName, queuePairs: spec.queuePairs, vale: vale,
                                         logger: logger, wakeWorker: { worker.poke() })
@@ -222,13 +222,13 @@ extension Daemon: ControlCommands {
         return device.portIndex
     }
 
-    func attachHostPort(_ spec: HostPortSpec) throws {
+    package func attachHostPort(_ spec: HostPortSpec) throws {
         try topology.addHostPort(spec)
         updateHostOffloads(on: spec.switchName)
     }
 
     /// Removes a vhost-user or host port (and, in kernel mode, its netmap binding and worker).
-    func detachPort(_ name: String) -> String? {
+    package func detachPort(_ name: String) -> String? {
         let vale: VALESwitch
         if let e = supervisor.remove(named: name) {
             e.device.detachFromSwitch()

@@ -107,3 +107,15 @@ def netmap_seed(header_choice, rx_frames):
 
 put("FuzzNetmapRing", "plain", netmap_seed(0, [[60], [2048, 100], [1514]]))
 put("FuzzNetmapRing", "header", netmap_seed(2, [[72], [2048, 2048, 12]]))
+
+# FuzzControl: a piece-size byte, then what `vhost-netmap vale` and `stats` send.
+for i, text in enumerate([b"stats\n", b"ping\nlist vale0\n", b"attach vale0:vm9,queues=2\n", b"attach-host vale0:tap9,queues=1\n",
+                          b"detach vale0:a\ndetach vale0:b", b"fdb\r\n  ping  \n"]):
+    put("FuzzControl", f"lines-{i}", bytes([i * 3]) + text)
+
+# FuzzMemoryTable: operations (byte % 6: table, add, remove, translate ×2, log), plausible fields.
+table = bytes([0, 2]) + bytes([3, 0, 4, 0, 0, 0]) + bytes([2, 0, 2, 1, 1, 0])  # two regions: 1 MiB file, 64 KiB file
+translate = bytes([3, 0, 1, 0, 16, 12]) + bytes([4, 1, 1, 0, 255, 4])
+put("FuzzMemoryTable", "table-translate-log", table + translate + bytes([5, 3, 0, 8, 0, 0, 1, 1, 0, 200, 3]))
+put("FuzzMemoryTable", "slots", bytes([1, 3, 0, 2, 0, 0, 0]) + bytes([1, 2, 0, 1, 5, 3, 0]) + bytes([3, 1, 1, 0, 0, 4, 2])
+    + bytes([2, 0, 0]) + bytes([3, 0, 1, 0, 0, 4, 2]))
