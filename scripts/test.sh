@@ -60,6 +60,7 @@ if [ -z "${SKIP_INTEGRATION:-}" ]; then
   run Tests/Integration/qemu-restart.sh 20
   run Tests/Integration/two-guests.sh
   run Tests/Integration/pktgen.sh
+  run Tests/Integration/metrics.sh
   run Tests/Integration/guest-pktgen.sh
   run Tests/Integration/netmap-kernel.sh
   run Tests/Integration/libvirt.sh

@@ -30,7 +30,7 @@ public final class EventLoop {
     }
 
     private enum Registration {
-        case readable(fd: CInt, handler: (Int32) -> Next)
+        case poll(fd: CInt, events: Int16, handler: (Int32) -> Next)
         case accept(fd: CInt, handler: (Result<CInt, Errno>) -> Next)
         case messages(fd: CInt, slot: ReceiveSlot, maxDescriptors: Int, handler: (Received) -> ReceiveNext)
         case reads(fd: CInt, buffer: UnsafeMutableRawBufferPointer, handler: (UnsafeRawBufferPointer, Errno?) -> Next)
@@ -90,8 +90,19 @@ public final class EventLoop {
     /// until the handler answers `.stop` or the watch is cancelled.
     @discardableResult
     public func watchReadable(_ fd: CInt, _ handler: @escaping (Int32) -> Next) -> Token {
-        let token = register(.readable(fd: fd, handler: handler))
-        ring.pollAdd(fd: fd, userData: token)
+        watch(fd, events: Int16(POLLIN), handler)
+    }
+
+    /// Calls `handler` whenever `fd` can be written to (or hung up, or failed), until the handler
+    /// answers `.stop` or the watch is cancelled.
+    @discardableResult
+    public func watchWritable(_ fd: CInt, _ handler: @escaping (Int32) -> Next) -> Token {
+        watch(fd, events: Int16(POLLOUT), handler)
+    }
+
+    private func watch(_ fd: CInt, events: Int16, _ handler: @escaping (Int32) -> Next) -> Token {
+        let token = register(.poll(fd: fd, events: events, handler: handler))
+        ring.pollAdd(fd: fd, events: events, userData: token)
         return Token(rawValue: token)
     }
 
@@ -142,7 +153,7 @@ public final class EventLoop {
             return
         }
         switch r {
-        case .readable: ring.pollRemove(userData: token.rawValue)
+        case .poll: ring.pollRemove(userData: token.rawValue)
         default: ring.cancel(userData: token.rawValue)
         }
         retiring[token.rawValue] = r
@@ -188,10 +199,10 @@ public final class EventLoop {
         completedToken = c.more ? nil : token
         defer { completedToken = nil }
         switch r {
-        case .readable(let fd, let handler):
+        case .poll(let fd, let events, let handler):
             if c.result == -ECANCELED { finish(token); return }
             if handler(c.result) == .keepWatching, registrations[token] != nil {
-                ring.pollAdd(fd: fd, userData: token)
+                ring.pollAdd(fd: fd, events: events, userData: token)
             } else {
                 finish(token)
             }

@@ -26,6 +26,8 @@ public struct DaemonOptions: Sendable {
     /// Kernel mode: how netmap ports are synced unless a port says otherwise (`sync=`).
     public var netmapSync: NetmapSyncMode = .ioctl
     public var controlSocket: String?
+    /// Where `/metrics` is served (Prometheus); nil: nowhere.
+    public var metricsAddress: TCPSocket.Address?
     /// Where ports attached without a socket path get theirs: `<dir>/<switch>/<port>.sock`.
     public var socketDirectory = PortSpec.defaultSocketDirectory
     public var busyPoll = false
@@ -55,6 +57,8 @@ public final class Daemon: @unchecked Sendable {
     let topology: Topology
     let supervisor: FrontEndSupervisor
     private var controlListener: OwnedDescriptor?
+    private var metricsListener: OwnedDescriptor?
+    private var metricsServer: MetricsServer?
     private var signalDescriptor: OwnedDescriptor?
     private let stopRequest: OwnedDescriptor
 
@@ -89,11 +93,11 @@ public final class Daemon: @unchecked Sendable {
 
     /// Descriptors the configured ports may hold at once: per vhost-user port its listener and
     /// connection, a kick and a call eventfd per ring, memory-table and log fds; per host-port
-    /// queue a TAP fd; the control socket's clients; and a margin for the rest.
+    /// queue a TAP fd; the control socket's and the metrics endpoint's clients; and a margin for the rest.
     static func descriptorsNeeded(_ options: DaemonOptions) -> UInt64 {
         let ports = options.ports.reduce(0) { $0 + 4 + 4 * $1.queuePairs + MemoryTable.maxRegions + 2 }
         let hostPorts = options.hostPorts.reduce(0) { $0 + 2 * $1.queues }
-        return UInt64(128 + ports + hostPorts + ControlServer.maxClients)
+        return UInt64(128 + ports + hostPorts + ControlServer.maxClients + MetricsServer.maxClients)
     }
 
     private func setUp() throws {
@@ -123,6 +127,13 @@ public final class Daemon: @unchecked Sendable {
                 throw DaemonError.startup("cannot listen on control socket \(path): \(error)")
             }
         }
+        if let address = options.metricsAddress {
+            do {
+                metricsListener = try TCPSocket.listen(address)
+            } catch {
+                throw DaemonError.startup("cannot serve metrics on \(address): \(error)\(error == .addressInUse ? " (another process listens there)" : "")")
+            }
+        }
     }
 
     /// Runs until SIGTERM/SIGINT (or, with an inherited connection, until it closes).
@@ -138,6 +149,13 @@ public final class Daemon: @unchecked Sendable {
         if let l = controlListener {
             let control = ControlServer(commands: self, loop: loop, logger: logger)
             loop.acceptRepeatedly(on: l.rawValue, what: "control socket", logger: logger) { control.serve($0) }
+        }
+        if let l = metricsListener, let address = options.metricsAddress {
+            let server = MetricsServer(loop: loop, logger: logger) { [unowned self] in Self.metrics(of: statistics()) }
+            metricsServer = server
+            loop.acceptRepeatedly(on: l.rawValue, what: "metrics", logger: logger) { server.serve($0) }
+            let port = TCPSocket.boundPort(l.rawValue) ?? address.port
+            logger.info("metrics on http://\(TCPSocket.Address(host: address.host, port: port))/metrics")
         }
         supervisor.startAll()
         let switchCount = topology.switches.count

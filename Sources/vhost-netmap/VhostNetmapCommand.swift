@@ -69,6 +69,9 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("control"), help: "Control socket for stats, fdb and vale (default: SOCKET_DIR/control.sock; empty to disable).")
     var control: String?
 
+    @Option(name: .customLong("metrics"), help: "Serve Prometheus metrics at http://ADDR:PORT/metrics (127.0.0.1:9477, [::1]:9477, or :9477 for every IPv4 address).")
+    var metrics: String?
+
     @Option(name: .customLong("netmap-sync"), help: "Kernel mode: sync netmap rings by ioctl per batch, or through netmap's sync kernel loop (CSB + eventfds); a port's sync= overrides it.")
     var netmapSync: NetmapSyncMode = .ioctl
 
@@ -88,6 +91,15 @@ struct Serve: ParsableCommand {
         }
         if !(1...PortSpec.maxQueuePairs).contains(queues) { throw ValidationError("--queues must be 1...\(PortSpec.maxQueuePairs)") }
         _ = try portSpecifications()
+        _ = try metricsAddress()
+    }
+
+    func metricsAddress() throws -> TCPSocket.Address? {
+        guard let metrics else { return nil }
+        switch TCPSocket.Address.parse(metrics) {
+        case .success(let address): return address
+        case .failure(let why): throw ValidationError("--metrics \(metrics): \(why)")
+        }
     }
 
     /// The --port, --host-port and --socket-path/--fd ports, parsed (usage errors name the option).
@@ -132,6 +144,7 @@ struct Serve: ParsableCommand {
         options.switchMode = switchMode
         options.netmapSync = netmapSync
         options.workerCPUs = workerCPUs
+        options.metricsAddress = try metricsAddress()
         let daemon: Daemon
         do {
             daemon = try Daemon(options: options, logger: logger)

@@ -110,7 +110,7 @@ put("FuzzNetmapRing", "header", netmap_seed(2, [[72], [2048, 2048, 12]]))
 
 # FuzzControl: a piece-size byte, then what `vhost-netmap vale` and `stats` send.
 for i, text in enumerate([b"stats\n", b"ping\nlist vale0\n", b"attach vale0:vm9,queues=2\n", b"attach-host vale0:tap9,queues=1\n",
-                          b"detach vale0:a\ndetach vale0:b", b"fdb\r\n  ping  \n"]):
+                          b"detach vale0:a\ndetach vale0:b", b"fdb\r\n  ping  \n", b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"]):
     put("FuzzControl", f"lines-{i}", bytes([i * 3]) + text)
 
 # FuzzMemoryTable: operations (byte % 6: table, add, remove, translate ×2, log), plausible fields.

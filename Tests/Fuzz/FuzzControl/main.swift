@@ -9,7 +9,8 @@ import VhostNetmapBackend
 // ControlServer.answer against a recording stand-in for the daemon. Nothing may crash; lines
 // must match the newlines sent, every
 // answer is one line (clients read answers line by line), and whatever reaches the daemon is a
-// parsed, valid specification.
+// parsed, valid specification. The same bytes also go to the metrics endpoint's HTTP request
+// parser (MetricsRequest).
 final class RecordingCommands: ControlCommands {
     var attached = 0
     var socketDirectory: String { "/run/fuzz" }
@@ -54,6 +55,24 @@ exit(LLVMFuzzerRunDriver(&argc, &argv) { data, count in
     if !refused, let last = lines.finish() { answered.append(last) }
     let newlines = bytes[..<offset].filter { $0 == UInt8(ascii: "\n") }.count
     precondition(answered.count == newlines || (!refused && answered.count == newlines + 1), "\(answered.count) lines for \(newlines) newlines")
+    // The same bytes as an HTTP request to the metrics endpoint, arriving in the same pieces:
+    // incomplete until a verdict, then one well-formed response whose length is what it says.
+    var received: [UInt8] = []
+    var start = 0
+    while start < bytes.count {
+        received += bytes[start..<min(start + piece, bytes.count)]
+        start += piece
+        let request = MetricsRequest.parse(received)
+        if request == .incomplete {
+            precondition(received.count <= MetricsRequest.maxHeadBytes, "a \(received.count)-byte head still incomplete")
+            continue
+        }
+        let response = String(decoding: request.response { "m 1\n" }, as: UTF8.self)
+        let parts = response.split(separator: "\r\n\r\n", maxSplits: 1, omittingEmptySubsequences: false)
+        precondition(response.hasPrefix("HTTP/1.1 ") && parts.count == 2, "malformed response")
+        precondition(parts[0].contains("Content-Length: \(parts[1].utf8.count)\r\n"), "Content-Length differs from the body")
+        break
+    }
     for line in answered {
         precondition(!line.utf8.contains(UInt8(ascii: "\n")), "a line holds a newline")
         let answer = server.answer(line)
