@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Logging
 import URing
 import VhostSystem
@@ -92,7 +92,7 @@ package final class ControlServer {
     /// "error: ...".
     package func answer(_ line: String) -> String {
         let words = line.split(separator: " ", maxSplits: 1).map(String.init)
-        let argument = words.count > 1 ? words[1].trimmingCharacters(in: .whitespaces) : ""
+        let argument = words.count > 1 ? words[1].trimmingWhitespace : ""
         switch words.first ?? "" {
         case "stats": return commands.statisticsJSON(pretty: true)
         case "fdb": return commands.forwardingTableJSON()
@@ -157,6 +157,6 @@ package struct ControlLines {
     }
 
     private static func line(_ bytes: some Collection<UInt8>) -> String {
-        String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        String(decoding: bytes, as: UTF8.self).trimmingWhitespace
     }
 }

@@ -1,5 +1,5 @@
 import CVhostShim
-import Foundation
+import FoundationEssentials
 import Glibc
 import DataPath
 import Logging

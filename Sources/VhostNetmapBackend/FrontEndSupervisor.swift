@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Glibc
 import Logging
 import SystemPackage
@@ -275,12 +275,12 @@ final class FrontEndSupervisor {
     }
 
     private func makeParentDirectory(_ path: String) throws {
-        let dir = (path as NSString).deletingLastPathComponent
+        let dir = FilePath(path).removingLastComponent().string
         guard !dir.isEmpty else { return }
         do {
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            try Posix.makeDirectories(dir)
         } catch {
-            throw DaemonError.startup("cannot create directory \(dir): \(error.localizedDescription)")
+            throw DaemonError.startup("cannot create directory \(dir): \(error)")
         }
     }
 }

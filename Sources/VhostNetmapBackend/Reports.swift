@@ -1,5 +1,5 @@
 import DataPath
-import Foundation
+import FoundationEssentials
 import Netmap
 import SystemPackage
 import VALESwitch

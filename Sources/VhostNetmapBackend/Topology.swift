@@ -1,5 +1,5 @@
 import DataPath
-import Foundation
+import FoundationEssentials
 import Logging
 import Netmap
 import VALESwitch

@@ -56,6 +56,15 @@ public enum Posix {
     }
 
     /// `fstat` size of a descriptor (the bytes a mapping of it may touch without SIGBUS).
+    /// Creates `path` and its missing parents (mkdir -p), each with `mode`.
+    public static func makeDirectories(_ path: String, mode: mode_t = 0o755) throws(Errno) {
+        var prefix = path.hasPrefix("/") ? "/" : ""
+        for component in path.split(separator: "/") {
+            prefix += component + "/"
+            if mkdir(prefix, mode) != 0 && errno != EEXIST { throw Errno(rawValue: errno) }
+        }
+    }
+
     public static func fileSize(_ fd: CInt) throws(Errno) -> UInt64 {
         var st = stat()
         _ = try check(fstat(fd, &st))

@@ -1,5 +1,7 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import Glibc
+import VhostSystem
 import VhostNetmapBackend
 
 /// Where the daemon's sockets are, for every command: `$VHOST_NETMAP_DIR`, else
@@ -48,7 +50,7 @@ struct MemorySize: ExpressibleByArgument, Equatable, CustomStringConvertible {
     let mebibytes: Int
 
     init?(argument: String) {
-        let text = argument.uppercased().replacingOccurrences(of: "IB", with: "").replacingOccurrences(of: "B", with: "")
+        let text = argument.uppercased().replacing("IB", with: "").replacing("B", with: "")
         let digits = text.prefix { $0.isNumber }
         guard let n = Int(digits), n > 0 else { return nil }
         let scale: Int
@@ -83,7 +85,10 @@ enum DerivedMAC {
             hash ^= UInt64(byte)
             hash &*= 0x0000_0100_0000_01b3
         }
-        let tail = (0..<3).map { String(format: "%02x", (hash >> (8 * UInt64($0))) & 0xff) }
+        let tail = (0..<3).map { (k: UInt64) -> String in
+            let byte = String((hash >> (8 * k)) & 0xff, radix: 16)
+            return byte.count == 1 ? "0" + byte : byte
+        }
         return "52:54:00:" + tail.joined(separator: ":")
     }
 

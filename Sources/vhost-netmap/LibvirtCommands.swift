@@ -1,5 +1,5 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import VhostNetmapBackend
 
 /// libvirt domain XML for a vhost-netmap port: the `<interface type='vhostuser'>` element and
@@ -32,8 +32,7 @@ struct LibvirtXML: ParsableCommand {
     }
 
     static func escape(_ s: String) -> String {
-        s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "'", with: "&apos;")
-            .replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
+        s.replacing("&", with: "&amp;").replacing("'", with: "&apos;").replacing("<", with: "&lt;").replacing(">", with: "&gt;")
     }
 
     var interfaceElement: String {

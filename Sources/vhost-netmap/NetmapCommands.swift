@@ -1,5 +1,7 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import Glibc
+import VhostSystem
 import Netmap
 import VhostNetmapBackend
 
@@ -70,7 +72,7 @@ struct Vale: ParsableCommand {
                 try NetmapControl.setPolling(p, enabled: false); print("ok polling off \(p)")
             }
         } catch {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            Posix.printError("error: \(error)\n")
             throw ExitCode(1)
         }
     }
@@ -84,10 +86,10 @@ struct Vale: ParsableCommand {
         else { throw ValidationError("-n, -r, -p and -P need the netmap kernel module (the embedded switch has no persistent interfaces or polling threads)") }
         let answer = try controlAnswer(command, control: control.path)
         if answer.hasPrefix("error:") {
-            FileHandle.standardError.write(Data(answer.utf8))
+            Posix.printError(answer)
             throw ExitCode(1)
         }
-        FileHandle.standardOutput.write(Data(answer.utf8))
+        print(answer, terminator: "")
     }
 }
 
@@ -125,7 +127,7 @@ struct KernelCheck: ParsableCommand {
         if let names = try? FileManager.default.contentsOfDirectory(atPath: parameters) {
             let wanted = ["buf_num", "buf_size", "ring_num", "ring_size", "if_num", "priv_buf_num", "priv_ring_num", "priv_ring_size", "admode"]
             for n in names.sorted() where wanted.contains(n) {
-                let v = (try? String(contentsOfFile: "\(parameters)/\(n)", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+                let v = (try? String(contentsOfFile: "\(parameters)/\(n)", encoding: .utf8))?.trimmingWhitespace ?? "?"
                 print("param \(n) = \(v)")
             }
         }

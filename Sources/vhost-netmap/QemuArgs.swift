@@ -1,5 +1,7 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import Glibc
+import VhostSystem
 import VhostNetmapBackend
 
 /// QEMU options (or a whole command line) that attach a VM to a port's vhost-user socket.
@@ -55,15 +57,7 @@ struct QemuArgs: ParsableCommand {
 
     /// (major, minor) of `qemu-system-x86_64 --version`, or nil.
     static func installedQEMUVersion() -> (Int, Int)? {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["qemu-system-x86_64", "--version"]
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = FileHandle.nullDevice
-        guard (try? p.run()) != nil else { return nil }
-        p.waitUntilExit()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        guard let text = Posix.output(of: ["qemu-system-x86_64", "--version"]) else { return nil }
         return parseVersion(text.split(separator: " ").first { $0.first?.isNumber == true }.map(String.init) ?? "")
     }
 

@@ -1,5 +1,5 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import Logging
 import Netmap
 import VhostNetmapBackend
@@ -60,8 +60,8 @@ struct Serve: ParsableCommand {
     @Flag(name: .customLong("print-capabilities"), help: "Print the back-end capabilities as JSON and exit.")
     var printCapabilities = false
 
-    @Option(name: .customLong("switch"), help: "auto (the netmap kernel module when /dev/netmap is usable), kernel, or embedded.")
-    var switchMode: SwitchMode = .auto
+    @Option(name: .customLong("switch"), help: "auto (the default: the netmap kernel module when /dev/netmap is usable), kernel, or embedded.")
+    var switchMode: SwitchMode?
 
     @Option(name: .customLong("socket-dir"), help: "Directory of the sockets without a path and of the control socket (default: $VHOST_NETMAP_DIR, else /run/vhost-netmap).")
     var socketDirectory: String?
@@ -72,8 +72,8 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("metrics"), help: "Serve Prometheus metrics at http://ADDR:PORT/metrics (127.0.0.1:9477, [::1]:9477, or :9477 for every IPv4 address).")
     var metrics: String?
 
-    @Option(name: .customLong("netmap-sync"), help: "Kernel mode: sync netmap rings by ioctl per batch, or through netmap's sync kernel loop (CSB + eventfds); a port's sync= overrides it.")
-    var netmapSync: NetmapSyncMode = .ioctl
+    @Option(name: .customLong("netmap-sync"), help: "Kernel mode: sync netmap rings by ioctl per batch, or through netmap's sync kernel loop (CSB + eventfds); a port's sync= overrides it (default: ioctl).")
+    var netmapSync: NetmapSyncMode?
 
     @Flag(name: .customLong("busy-poll"), help: "Switch workers poll without sleeping (benchmarks).")
     var busyPoll = false
@@ -81,10 +81,26 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("worker-cpu"), help: "Pin the switch workers to these CPUs, in order of the switches (repeatable).")
     var workerCPUs: [Int] = []
 
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical")
-    var logLevel: Logger.Level = .info
+    @Option(name: .customLong("log-level"), help: "trace, debug, info (the default), notice, warning, error, critical")
+    var logLevel: Logger.Level?
 
-    func validate() throws {
+    @Option(name: .customLong("config"), help: "Read options from FILE too: one per line, NAME VALUE (port, host-port, metrics, ...; see docs/operating.md).")
+    var config: String?
+
+    mutating func validate() throws {
+        if let config {
+            let file = try ServeConfigFile.read(config)
+            ports += file.ports
+            hostPorts += file.hostPorts
+            workerCPUs += file.workerCPUs
+            metrics = metrics ?? file.metrics
+            socketDirectory = socketDirectory ?? file.socketDirectory
+            control = control ?? file.control
+            switchMode = switchMode ?? file.switchMode
+            netmapSync = netmapSync ?? file.netmapSync
+            logLevel = logLevel ?? file.logLevel
+            busyPoll = busyPoll || file.busyPoll
+        }
         if socketPath != nil && fd != nil { throw ValidationError("--socket-path and --fd are mutually exclusive") }
         if !printCapabilities && ports.isEmpty && hostPorts.isEmpty && socketPath == nil && fd == nil {
             throw ValidationError("give at least one --port or --host-port (or --socket-path / --fd)")
@@ -128,7 +144,7 @@ struct Serve: ParsableCommand {
             print(#"{"type": "net", "features": []}"#)
             return
         }
-        let level = logLevel
+        let level = logLevel ?? .info
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = level
@@ -141,8 +157,8 @@ struct Serve: ParsableCommand {
         options.socketDirectory = directory
         options.busyPoll = busyPoll
         options.hostPorts = hostSpecs
-        options.switchMode = switchMode
-        options.netmapSync = netmapSync
+        options.switchMode = switchMode ?? .auto
+        options.netmapSync = netmapSync ?? .ioctl
         options.workerCPUs = workerCPUs
         options.metricsAddress = try metricsAddress()
         let daemon: Daemon

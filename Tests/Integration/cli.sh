@@ -22,6 +22,17 @@ echo "$qa" | grep -q "vectors=8,mq=on,rx_queue_size=512,tx_queue_size=512" && pa
 [ $rc -eq 64 ] && grep -q "at character 9: '-' is not allowed in a VALE port name" "$WORK/bad5.log" && pass "vale0:vm-1: the bad character named (exit 64)" || fail "vale0:vm-1: exit $rc, $(cat "$WORK/bad5.log")"
 "$BIN" serve --port "sw0:vm1" > "$WORK/bad6.log" 2>&1; rc=$?
 [ $rc -eq 64 ] && grep -q "a switch name starts with 'vale'" "$WORK/bad6.log" && pass "sw0:vm1: says a switch name starts with vale" || fail "sw0:vm1: exit $rc, $(cat "$WORK/bad6.log")"
+# --config: serve's options from a file (the systemd unit's); a bad line is named.
+printf '# ports\nport vale0:k1 # one\nport vale0:k2,queues=2\nbusy-poll\n' > "$WORK/good.conf"
+printf 'port vale0:k1\nmetrics 127.0.0.1\n' > "$WORK/bad.conf"
+"$BIN" serve --config "$WORK/bad.conf" > "$WORK/bad7.log" 2>&1; rc=$?
+[ $rc -eq 64 ] && grep -q "bad.conf: 'metrics 127.0.0.1'\|--metrics 127.0.0.1: expected HOST:PORT" "$WORK/bad7.log" && pass "a bad --config value refused (exit 64)" || fail "bad config: exit $rc, $(cat "$WORK/bad7.log")"
+printf 'port vale0:k1\nports vale0:k2\n' > "$WORK/bad2.conf"
+"$BIN" serve --config "$WORK/bad2.conf" > "$WORK/bad8.log" 2>&1; rc=$?
+[ $rc -eq 64 ] && grep -q "bad2.conf:2: unknown setting 'ports'" "$WORK/bad8.log" && pass "an unknown --config setting named with its line" || fail "bad config 2: exit $rc, $(cat "$WORK/bad8.log")"
+timeout 3 "$BIN" serve --config "$WORK/good.conf" --socket-dir "$WORK/cfg" > "$WORK/cfg.log" 2>&1
+grep -q "listening on $WORK/cfg/vale0/k2.sock (2 queue pair(s))" "$WORK/cfg.log" && grep -q "busy-polling" "$WORK/cfg.log" \
+  && pass "--config: ports, options and flags from the file" || fail "config: $(cat "$WORK/cfg.log")"
 "$BIN" stats --control "$WORK/none.sock" > "$WORK/nostats.log" 2>&1; rc=$?
 [ $rc -eq 1 ] && grep -q "cannot reach the daemon at $WORK/none.sock" "$WORK/nostats.log" && grep -q "is the daemon running" "$WORK/nostats.log" \
   && ! grep -q "Usage" "$WORK/nostats.log" && pass "stats without a daemon: exit 1, the socket and a hint, no usage text" || fail "stats: exit $rc, $(cat "$WORK/nostats.log")"
