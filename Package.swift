@@ -71,7 +71,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "vhost-netmap", dependencies: [
-            "VhostNetmapBackend", "Netmap",
+            "VhostNetmapBackend", "Netmap", "VALESwitch", "VhostSystem", .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -5,7 +5,7 @@
 set -eu
 need="liburing-dev pkg-config"
 [ "${1:-}" = guest ] && need="$need qemu-system-x86 busybox-static python3"
-[ "${1:-}" = test ] && need="$need dpdk-dev qemu-system-x86 busybox-static python3 iproute2 iperf3 iputils-ping libvirt-daemon-system libvirt-clients gcc make curl lintian"
+[ "${1:-}" = test ] && need="$need dpdk-dev qemu-system-x86 busybox-static python3 iproute2 iperf3 iputils-ping libvirt-daemon-system libvirt-clients gcc make curl lintian tcpdump"
 missing=""
 for p in $need; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -61,6 +61,7 @@ if [ -z "${SKIP_INTEGRATION:-}" ]; then
   run Tests/Integration/two-guests.sh
   run Tests/Integration/pktgen.sh
   run Tests/Integration/metrics.sh
+  run Tests/Integration/capture.sh
   run Tests/Integration/debian-package.sh
   run Tests/Integration/guest-pktgen.sh
   run Tests/Integration/netmap-kernel.sh

@@ -43,6 +43,10 @@ public final class VALESwitch: @unchecked Sendable {
     private var dirty: UnsafeMutablePointer<Bool>
     private var dirtyList: UnsafeMutablePointer<Int>
     private var dirtyCount = 0
+    /// Ports being captured (`PortCapture`): tested once per frame, nonzero only while a capture runs.
+    var captureCount = 0
+    let captures: UnsafeMutablePointer<CaptureSlot?>
+    var retainedCaptures: [PortCapture?]
     /// Bumped (under the lock) whenever ports or their wake descriptors change.
     public private(set) var generation: UInt64 = 0
 
@@ -58,6 +62,9 @@ public final class VALESwitch: @unchecked Sendable {
         slots = .allocate(capacity: Self.maxPorts)
         slots.initialize(repeating: PortSlot(port: nil), count: Self.maxPorts)
         activeList = .allocate(capacity: Self.maxPorts)
+        captures = .allocate(capacity: Self.maxPorts)
+        captures.initialize(repeating: nil, count: Self.maxPorts)
+        retainedCaptures = Array(repeating: nil, count: Self.maxPorts)
     }
 
     deinit {
@@ -67,6 +74,7 @@ public final class VALESwitch: @unchecked Sendable {
         dirty.deallocate()
         dirtyList.deallocate()
         learning.deallocate()
+        captures.deallocate()
     }
 
     // MARK: Control plane (caller holds `lock`)
@@ -87,6 +95,7 @@ public final class VALESwitch: @unchecked Sendable {
 
     public func detach(index: Int) {
         guard ports[index] != nil else { return }
+        stopCapture(onPort: index)
         slots[index].port = nil
         ports[index] = nil
         portNames[index] = nil
@@ -143,6 +152,7 @@ public final class VALESwitch: @unchecked Sendable {
         }
         counters[source].inPackets &+= 1
         counters[source].inBytes &+= UInt64(frame.length)
+        if captureCount != 0, let c = captures[source], c.tx { c.capture._withUnsafeGuaranteedRef { $0.record(frame) } }
 
         let (dst, src) = Self.addresses(of: frame)
         if src & 1 == 0 { learning.learn(src, port: source) }
@@ -166,6 +176,7 @@ public final class VALESwitch: @unchecked Sendable {
         case .delivered:
             counters[index].outPackets &+= 1
             counters[index].outBytes &+= UInt64(frame.length)
+            if captureCount != 0, let c = captures[index], c.rx { c.capture._withUnsafeGuaranteedRef { $0.record(frame) } }
             if !dirty[index] {
                 dirty[index] = true
                 dirtyList[dirtyCount] = index

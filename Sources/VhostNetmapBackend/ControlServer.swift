@@ -16,6 +16,8 @@ package protocol ControlCommands: AnyObject {
     func attachHostPort(_ spec: HostPortSpec) throws
     /// Removes a port; returns an error text, or nil.
     func detachPort(_ name: String) -> String?
+    /// Turns `client` into a capture stream (`capture ARGUMENTS`); returns an error text, or nil.
+    func startCapture(_ argument: String, client: OwnedDescriptor) -> String?
 }
 
 /// The control socket, read through io_uring. A client sends one or more command lines (a line
@@ -64,7 +66,17 @@ package final class ControlServer {
                 return .stop
             }
             let (complete, tooLong) = lines.append(bytes)
-            for line in complete { reply(answer(line), to: client) }
+            for line in complete {
+                // `capture` turns the connection into a stream of pcap records: it leaves here.
+                if line == "capture" || line.hasPrefix("capture ") {
+                    finish()
+                    if let problem = commands.startCapture(String(line.dropFirst(7)).trimmingWhitespace, client: client) {
+                        reply("error: \(problem)", to: client)
+                    }
+                    return .stop
+                }
+                reply(answer(line), to: client)
+            }
             if tooLong {
                 reply("error: line longer than \(Self.maxLineLength) bytes", to: client)
                 finish()
@@ -87,7 +99,7 @@ package final class ControlServer {
     }
 
     /// One request line: `stats`, `fdb`, `ping`, and the switch management that `vhost-netmap
-    /// vale` sends: `list`, `attach SPEC` (a vhost-user port, --port syntax), `attach-host SPEC`
+    /// vale` sends (`capture PORT ...`, which streams, is taken before this): `list`, `attach SPEC` (a vhost-user port, --port syntax), `attach-host SPEC`
     /// (a host port, --host-port syntax), `detach NAME`. Management answers are text: "ok ..." or
     /// "error: ...".
     package func answer(_ line: String) -> String {
@@ -123,7 +135,7 @@ package final class ControlServer {
             logger.notice("control: detached \(argument)")
             return "ok detached \(argument)"
         default:
-            return "error: unknown command '\(line.prefix(32))'; try: stats, fdb, ping, list, attach, attach-host, detach"
+            return "error: unknown command '\(line.prefix(32))'; try: stats, fdb, ping, list, attach, attach-host, detach, capture"
         }
     }
 }

@@ -59,6 +59,7 @@ public final class Daemon: @unchecked Sendable {
     private var controlListener: OwnedDescriptor?
     private var metricsListener: OwnedDescriptor?
     private var metricsServer: MetricsServer?
+    private var captures: [CaptureSession] = []
     private var signalDescriptor: OwnedDescriptor?
     private let stopRequest: OwnedDescriptor
 
@@ -207,6 +208,7 @@ public final class Daemon: @unchecked Sendable {
 
     private func shutDown() {
         logger.info("stopping: rings left consistent, sockets removed")
+        for c in captures { c.end("the daemon stops") }
         supervisor.resetAll()
         topology.stopWorkers()
         supervisor.removeSocketFiles()
@@ -216,6 +218,30 @@ public final class Daemon: @unchecked Sendable {
 }
 
 extension Daemon: ControlCommands {
+    package func startCapture(_ argument: String, client: OwnedDescriptor) -> String? {
+        let request: CaptureSession.Request
+        switch CaptureSession.Request.parse(argument) {
+        case .success(let r): request = r
+        case .failure(let e): return e.description
+        }
+        guard captures.count < CaptureSession.maxSessions else { return "\(CaptureSession.maxSessions) captures are running; stop one first" }
+        let parts = request.port.split(separator: ":", maxSplits: 1).map(String.init)
+        guard parts.count == 2, let sw = topology.switches.first(where: { $0.vale.name == parts[0] }),
+              let index = sw.vale.lock.withLock({ _ in sw.vale.index(ofPortNamed: parts[1]) }) else {
+            return "no port \(request.port) (vhost-netmap vale -l lists them)"
+        }
+        let capture = PortCapture(direction: request.direction, snapLength: request.snapLength)
+        guard sw.vale.lock.withLock({ _ in sw.vale.startCapture(capture, onPort: index) }) else {
+            return "port \(request.port) is being captured already"
+        }
+        let session = CaptureSession(vale: sw.vale, index: index, portName: request.port, capture: capture, client: client,
+                                     limit: request.count, loop: loop, logger: logger)
+        session.onEnd = { [unowned self] ended in captures.removeAll { $0 === ended } }
+        captures.append(session)
+        session.start()
+        return nil
+    }
+
     package var socketDirectory: String { options.socketDirectory }
     package func forwardingTableJSON() -> String { topology.forwardingTableJSON() }
     package func listPorts(_ filter: String) -> String { topology.listPorts(filter) }

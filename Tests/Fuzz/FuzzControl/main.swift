@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import URing
 import VhostNetmapBackend
+import VhostSystem
 
 // The control socket's side of a client: bytes cut into lines as they arrive in pieces
 // (ControlLines; the first input byte sets the piece sizes), each line answered by
@@ -28,6 +29,7 @@ final class RecordingCommands: ControlCommands {
         precondition(!spec.interfaceName.isEmpty && spec.interfaceName.utf8.count < 16, "host port \(spec)")
     }
     func detachPort(_ name: String) -> String? { name == "vale0:a" ? nil : "no port \(name)" }
+    func startCapture(_ argument: String, client: OwnedDescriptor) -> String? { "captures are not run here" }
 }
 
 let quiet = Logger(label: "fuzz") { _ in SwiftLogNoOpLogHandler() }
@@ -75,6 +77,9 @@ exit(LLVMFuzzerRunDriver(&argc, &argv) { data, count in
     }
     for line in answered {
         precondition(!line.utf8.contains(UInt8(ascii: "\n")), "a line holds a newline")
+        if case .success(let capture) = CaptureSession.Request.parse(line) {
+            precondition(capture.snapLength >= 1 && capture.snapLength <= 65_535 && (capture.count ?? 1) >= 1, "capture request \(capture)")
+        }
         let answer = server.answer(line)
         precondition(!answer.isEmpty && !answer.utf8.contains(UInt8(ascii: "\n")), "answer to \(line.prefix(40)) is not one line")
     }
