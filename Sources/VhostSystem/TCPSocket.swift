@@ -57,20 +57,23 @@ public enum TCPSocket {
             sa.sin6_family = sa_family_t(AF_INET6)
             sa.sin6_port = address.port.bigEndian
             _ = inet_pton(AF_INET6, address.host, &sa.sin6_addr)
-            _ = try Posix.check(withUnsafePointer(to: &sa) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd.rawValue, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
-            })
+            try bind(fd.rawValue, &sa)
         } else {
             var sa = sockaddr_in()
             sa.sin_family = sa_family_t(AF_INET)
             sa.sin_port = address.port.bigEndian
             _ = inet_pton(AF_INET, address.host, &sa.sin_addr)
-            _ = try Posix.check(withUnsafePointer(to: &sa) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd.rawValue, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            })
+            try bind(fd.rawValue, &sa)
         }
         _ = try Posix.check(Glibc.listen(fd.rawValue, backlog))
         return fd
+    }
+
+    /// bind(2) to a sockaddr_in or sockaddr_in6.
+    private static func bind<Address>(_ fd: CInt, _ address: inout Address) throws(Errno) {
+        _ = try Posix.check(withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<Address>.size)) }
+        })
     }
 
     /// The port a listening socket is bound to (the kernel's choice for port 0).

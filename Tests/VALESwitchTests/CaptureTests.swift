@@ -4,14 +4,10 @@ import Virtio
 
 /// Port captures: copies in pcap records, by direction, bounded, and gone with the port.
 @Suite struct PortCaptures {
-    let vale = VALESwitch(name: "vale0")
-    let ports = (0..<2).map { _ in RecordingPort() }
+    let vale: VALESwitch
+    let ports: [RecordingPort]
 
-    init() throws {
-        for (i, p) in ports.enumerated() {
-            _ = try vale.lock.withLock { _ throws(SwitchError) in try vale.attach(p, named: "p\(i)") }
-        }
-    }
+    init() throws { (vale, ports) = try switchWithRecordingPorts(2) }
 
     func run() { vale.lock.withLock { _ in _ = vale.runPass(budget: 32) } }
 

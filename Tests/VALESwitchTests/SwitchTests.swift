@@ -50,6 +50,16 @@ final class RecordingPort: SwitchPort {
     override func finishSleeping() {}
 }
 
+/// A switch with `count` recording ports named p0, p1, ...
+func switchWithRecordingPorts(_ count: Int) throws -> (VALESwitch, [RecordingPort]) {
+    let vale = VALESwitch(name: "vale0")
+    let ports = (0..<count).map { _ in RecordingPort() }
+    for (i, p) in ports.enumerated() {
+        _ = try vale.lock.withLock { _ throws(SwitchError) in try vale.attach(p, named: "p\(i)") }
+    }
+    return (vale, ports)
+}
+
 func mac(_ last: UInt8, group: Bool = false) -> [UInt8] { [group ? 0x03 : 0x02, 0, 0, 0, 0, last] }
 
 func frame(to dst: [UInt8], from src: [UInt8], payload: Int = 46, fill: UInt8 = 0xab) -> [UInt8] {
@@ -57,14 +67,10 @@ func frame(to dst: [UInt8], from src: [UInt8], payload: Int = 46, fill: UInt8 = 
 }
 
 @Suite struct LearningSwitch {
-    let vale = VALESwitch(name: "vale0")
-    let ports = (0..<3).map { _ in RecordingPort() }
+    let vale: VALESwitch
+    let ports: [RecordingPort]
 
-    init() throws {
-        for (i, p) in ports.enumerated() {
-            _ = try vale.lock.withLock { _ throws(SwitchError) in try vale.attach(p, named: "p\(i)") }
-        }
-    }
+    init() throws { (vale, ports) = try switchWithRecordingPorts(3) }
 
     func run() { vale.lock.withLock { _ in _ = vale.runPass(budget: 32) } }
 
