@@ -192,7 +192,10 @@ public final class Runner {
             }
         }
         guard !rtts.isEmpty else { return "Sent \(packets) pings, no reply." }
-        return "RTT over \(rtts.count) packets: min \(rtts.min()!) av \(rtts.reduce(0, +) / UInt64(rtts.count)) ns"
+        // netmap pkt-gen's line, then the percentiles it does not print (median, 99th).
+        let sorted = rtts.sorted()
+        let percentile = { (p: Int) in sorted[min(sorted.count - 1, (sorted.count * p) / 100)] }
+        return "RTT over \(rtts.count) packets: min \(sorted[0]) av \(rtts.reduce(0, +) / UInt64(rtts.count)) ns, median \(percentile(50)) p99 \(percentile(99)) max \(sorted[sorted.count - 1]) ns"
     }
 
     /// Answers pings: swaps MAC and IP addresses and ports, and sends the frame back.
