@@ -30,7 +30,12 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     /// Sets the running rings (control thread, switch lock held).
     package func setReady(tx: [SplitQueue], rx: [SplitQueue]) {
         for (i, q) in tx.enumerated() { readyTXStorage[i] = QueueRef(queue: .passUnretained(q)) }
-        for (i, q) in rx.enumerated() { readyRXStorage[i] = QueueRef(queue: .passUnretained(q)) }
+        // Receive rings are never waited on (a frame without room is dropped, as VALE does): the
+        // guest need not kick when it adds buffers.
+        for (i, q) in rx.enumerated() {
+            readyRXStorage[i] = QueueRef(queue: .passUnretained(q))
+            q.disableKicks()
+        }
         readyTXCount = tx.count
         readyRXCount = rx.count
     }
