@@ -16,14 +16,15 @@ package final class CaptureSession {
 
     let vale: VALESwitch
     let index: Int
-    let portName: String
+    let request: Request
     let capture: PortCapture
     let client: OwnedDescriptor
-    /// Records to send before ending (nil: until the client goes).
-    let limit: Int?
     unowned let loop: EventLoop
     let logger: Logger
     var onEnd: (CaptureSession) -> Void = { _ in }
+    private var portName: String { request.port }
+    /// Records to send before ending (nil: until the client goes).
+    private var limit: Int? { request.count }
 
     private var pending: [UInt8] = []
     private var sentBytes = 0
@@ -32,13 +33,12 @@ package final class CaptureSession {
     private var timer: EventLoop.Token?
     private var hangUpWatch: EventLoop.Token?
 
-    init(vale: VALESwitch, index: Int, portName: String, capture: PortCapture, client: OwnedDescriptor, limit: Int?, loop: EventLoop, logger: Logger) {
+    init(vale: VALESwitch, index: Int, request: Request, client: OwnedDescriptor, loop: EventLoop, logger: Logger) {
         self.vale = vale
         self.index = index
-        self.portName = portName
-        self.capture = capture
+        self.request = request
+        capture = PortCapture(direction: request.direction, snapLength: request.snapLength)
         self.client = client
-        self.limit = limit
         self.loop = loop
         self.logger = logger
     }

@@ -230,12 +230,10 @@ extension Daemon: ControlCommands {
               let index = sw.vale.lock.withLock({ _ in sw.vale.index(ofPortNamed: parts[1]) }) else {
             return "no port \(request.port) (vhost-netmap vale -l lists them)"
         }
-        let capture = PortCapture(direction: request.direction, snapLength: request.snapLength)
-        guard sw.vale.lock.withLock({ _ in sw.vale.startCapture(capture, onPort: index) }) else {
+        let session = CaptureSession(vale: sw.vale, index: index, request: request, client: client, loop: loop, logger: logger)
+        guard sw.vale.lock.withLock({ _ in sw.vale.startCapture(session.capture, onPort: index) }) else {
             return "port \(request.port) is being captured already"
         }
-        let session = CaptureSession(vale: sw.vale, index: index, portName: request.port, capture: capture, client: client,
-                                     limit: request.count, loop: loop, logger: logger)
         session.onEnd = { [unowned self] ended in captures.removeAll { $0 === ended } }
         captures.append(session)
         session.start()

@@ -72,15 +72,12 @@ extension Daemon {
                 + s.hostPorts.map { ([("switch", s.name), ("port", $0.name), ("kind", "host")], $0.counters) }
                 + s.netmapPorts.map { ([("switch", s.name), ("port", $0.name), ("kind", "netmap")], $0.counters) }
         }
+        // One pass per port: the exposition groups each family's samples when it renders.
         for (labels, c) in all {
             m.add("vhost_netmap_port_in_packets_total", "counter", "Frames the port sent into the switch (a guest's TX).", labels, c.inPackets)
-        }
-        for (labels, c) in all { m.add("vhost_netmap_port_in_bytes_total", "counter", "Bytes the port sent into the switch.", labels, c.inBytes) }
-        for (labels, c) in all {
+            m.add("vhost_netmap_port_in_bytes_total", "counter", "Bytes the port sent into the switch.", labels, c.inBytes)
             m.add("vhost_netmap_port_out_packets_total", "counter", "Frames the switch delivered to the port (a guest's RX).", labels, c.outPackets)
-        }
-        for (labels, c) in all { m.add("vhost_netmap_port_out_bytes_total", "counter", "Bytes the switch delivered to the port.", labels, c.outBytes) }
-        for (labels, c) in all {
+            m.add("vhost_netmap_port_out_bytes_total", "counter", "Bytes the switch delivered to the port.", labels, c.outBytes)
             for (reason, n) in [("short", c.dropShort), ("bad_descriptor", c.dropBadDescriptor), ("no_room", c.dropNoRoom),
                                 ("not_ready", c.dropNotReady), ("offload", c.dropOffload), ("same_port", c.dropSamePort)] {
                 m.add("vhost_netmap_port_drops_total", "counter",
@@ -88,35 +85,21 @@ extension Daemon {
                       labels + [("reason", reason)], n)
             }
         }
-        let guests = switches.flatMap { s in s.ports.map { ([("switch", s.name), ("port", $0.name)], $0) } }
-        for (labels, p) in guests {
-            m.add("vhost_netmap_port_front_end_connected", "gauge", "Whether a front-end (QEMU, virtio-user) is connected.", labels, p.connected ? 1 : 0)
-        }
-        for (labels, p) in guests {
-            m.add("vhost_netmap_port_front_end_connections_total", "counter", "Front-end connections served.", labels, UInt64(p.frontEnds.connections))
-        }
-        for (labels, p) in guests {
-            m.add("vhost_netmap_port_front_ends_refused_total", "counter", "Front-ends refused while another was connected.", labels, UInt64(p.frontEnds.refused))
-        }
-        for (labels, p) in guests {
-            m.add("vhost_netmap_port_queue_pairs", "gauge", "Queue pairs the port offers.", labels, UInt64(p.queuePairs))
-        }
-        for (labels, p) in guests {
-            m.add("vhost_netmap_port_rings_running", "gauge", "Rings the data path runs, by direction (tx: the guest's transmit rings).",
-                  labels + [("direction", "tx")], UInt64(p.device.readyTX))
-            m.add("vhost_netmap_port_rings_running", "gauge", "", labels + [("direction", "rx")], UInt64(p.device.readyRX))
-        }
-        for (labels, p) in guests {
-            m.add("vhost_netmap_port_rings_broken", "gauge", "Rings stopped because the guest broke a rule (see the log).", labels, UInt64(p.device.brokenRings.count))
-        }
-        for (labels, p) in guests {
-            m.add("vhost_netmap_port_guest_memory_bytes", "gauge", "Guest memory mapped for the port.", labels, p.device.memoryMiB << 20)
-        }
-        for (labels, p) in guests {
-            m.add("vhost_netmap_port_dirty_logging", "gauge", "Whether writes to guest memory are being logged (a live migration).", labels,
-                  p.device.dirtyLog?.logging == true ? 1 : 0)
-        }
         for s in switches {
+            for p in s.ports {
+                let labels = [("switch", s.name), ("port", p.name)]
+                m.add("vhost_netmap_port_front_end_connected", "gauge", "Whether a front-end (QEMU, virtio-user) is connected.", labels, p.connected ? 1 : 0)
+                m.add("vhost_netmap_port_front_end_connections_total", "counter", "Front-end connections served.", labels, UInt64(p.frontEnds.connections))
+                m.add("vhost_netmap_port_front_ends_refused_total", "counter", "Front-ends refused while another was connected.", labels, UInt64(p.frontEnds.refused))
+                m.add("vhost_netmap_port_queue_pairs", "gauge", "Queue pairs the port offers.", labels, UInt64(p.queuePairs))
+                m.add("vhost_netmap_port_rings_running", "gauge", "Rings the data path runs, by direction (tx: the guest's transmit rings).",
+                      labels + [("direction", "tx")], UInt64(p.device.readyTX))
+                m.add("vhost_netmap_port_rings_running", "gauge", "", labels + [("direction", "rx")], UInt64(p.device.readyRX))
+                m.add("vhost_netmap_port_rings_broken", "gauge", "Rings stopped because the guest broke a rule (see the log).", labels, UInt64(p.device.brokenRings.count))
+                m.add("vhost_netmap_port_guest_memory_bytes", "gauge", "Guest memory mapped for the port.", labels, p.device.memoryMiB << 20)
+                m.add("vhost_netmap_port_dirty_logging", "gauge", "Whether writes to guest memory are being logged (a live migration).", labels,
+                      p.device.dirtyLog?.logging == true ? 1 : 0)
+            }
             for h in s.hostPorts {
                 let labels = [("switch", s.name), ("port", h.name), ("interface", h.interface)]
                 m.add("vhost_netmap_host_port_errors_total", "counter", "Host port (TAP) I/O errors, by kind: read, write, down (frames for a TAP that was down).",

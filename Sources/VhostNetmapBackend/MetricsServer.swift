@@ -80,7 +80,6 @@ final class MetricsServer {
     let logger: Logger
     let render: () -> String
     private(set) var clients = 0
-    private(set) var served = 0
     private var refusals = RateLimitedLog(interval: 10)
 
     init(loop: EventLoop, logger: Logger, render: @escaping () -> String) {
@@ -124,7 +123,6 @@ final class MetricsServer {
             client.received += bytes
             let request = MetricsRequest.parse(client.received)
             if request == .incomplete { return .keepWatching }
-            if request == .metrics { served += 1 }
             respond(client, request.response(render))
             return .stop
         }

@@ -60,9 +60,10 @@ struct Capture: ParsableCommand {
         for s in [SIGINT, SIGTERM] { signal(s) { _ in interrupted.store(true, ordering: .relaxed) } }
 
         var buffer: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
         // The first line: "ok capturing ..." or "error: ...".
         while !buffer.contains(UInt8(ascii: "\n")) {
-            guard try receive(socket.rawValue, into: &buffer) else { break }
+            guard try receive(socket.rawValue, into: &buffer, chunk: &chunk) else { break }
         }
         guard let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) else { throw RuntimeError("the daemon closed the connection without an answer") }
         let answer = String(decoding: buffer[..<newline], as: UTF8.self)
@@ -100,16 +101,15 @@ struct Capture: ParsableCommand {
                 buffer.removeFirst(offset)
             }
             if !open || interrupted.load(ordering: .relaxed) { break }
-            open = try receive(socket.rawValue, into: &buffer)
+            open = try receive(socket.rawValue, into: &buffer, chunk: &chunk)
         }
         Posix.printError("\(frames) frame(s) captured\n")
     }
 
     /// Waits up to 200 ms for bytes; false at end of stream.
-    private func receive(_ fd: CInt, into buffer: inout [UInt8]) throws -> Bool {
+    private func receive(_ fd: CInt, into buffer: inout [UInt8], chunk: inout [UInt8]) throws -> Bool {
         var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         guard poll(&p, 1, 200) > 0 else { return !interrupted.load(ordering: .relaxed) }
-        var chunk = [UInt8](repeating: 0, count: 65536)
         let n = read(fd, &chunk, chunk.count)
         if n < 0 && (errno == EINTR || errno == EAGAIN) { return true }
         guard n > 0 else { return false }
