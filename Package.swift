@@ -13,6 +13,8 @@ import PackageDescription
 //                         fixed buffers) and the switch worker thread that runs them
 //   VhostNetmapBackend    the control plane: vhost-user devices, the daemon, its control socket
 //   vhost-netmap          the command line
+//   CLibvirt / CLibXML2 / LibvirtIntegration / vhost-netmap-libvirt   libvirt through its C API
+//                         (`vhost-netmap libvirt watch|attach` execs this binary: the daemon never loads libvirt)
 //   PacketGenerator / pkt-gen   netmap pkt-gen's options and output over netmap, AF_PACKET, TAP, vhost-user
 // The three data-path modules (Virtio, VALESwitch, DataPath) skip Swift's dynamic exclusivity
 // checks: their rings and ports are used by one switch worker thread under the switch lock, and the
@@ -30,6 +32,7 @@ let package = Package(
     products: [
         .executable(name: "vhost-netmap", targets: ["vhost-netmap"]),
         .executable(name: "pkt-gen", targets: ["pkt-gen"]),
+        .executable(name: "vhost-netmap-libvirt", targets: ["vhost-netmap-libvirt"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -75,6 +78,13 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt", providers: [.apt(["libvirt-dev"])]),
+        .systemLibrary(name: "CLibXML2", pkgConfig: "libxml-2.0", providers: [.apt(["libxml2-dev"])]),
+        .target(name: "LibvirtIntegration", dependencies: ["CLibvirt", "CLibXML2", "CVhostShim", "VhostNetmapBackend", "VhostSystem"]),
+        .executableTarget(name: "vhost-netmap-libvirt", dependencies: [
+            "LibvirtIntegration", "VhostNetmapBackend", "VhostSystem",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
         .target(name: "PacketGenerator", dependencies: [
             "CVhostShim", "Netmap", "VhostSystem", "VhostUser", "Virtio",
             .product(name: "SystemPackage", package: "swift-system"),
@@ -86,6 +96,7 @@ let package = Package(
         .testTarget(name: "NetmapTests", dependencies: ["Netmap", "CNetmap", "DataPath", "VALESwitch", "Virtio", "VhostSystem", "TestSupport"]),
         .testTarget(name: "URingTests", dependencies: ["URing", "VhostSystem"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VhostSystem", "TestSupport"]),
+        .testTarget(name: "LibvirtIntegrationTests", dependencies: ["LibvirtIntegration", "VhostNetmapBackend"]),
         .testTarget(name: "VALESwitchTests", dependencies: ["VALESwitch", "Virtio", "VhostSystem"]),
         // Fuzz targets (scripts/fuzz.sh builds them with libFuzzer; a plain build replays files).
         .target(name: "CFuzzDriver", path: "Tests/Fuzz/CFuzzDriver"),

@@ -3,7 +3,7 @@
 # (QEMU, busybox for the image); with "test", also the real peers the tests use (DPDK testpmd,
 # libvirt, ...). Skips what is installed.
 set -eu
-need="liburing-dev pkg-config"
+need="liburing-dev pkg-config libvirt-dev"
 [ "${1:-}" = guest ] && need="$need qemu-system-x86 busybox-static python3"
 [ "${1:-}" = test ] && need="$need dpdk-dev qemu-system-x86 busybox-static python3 iproute2 iperf3 iputils-ping libvirt-daemon-system libvirt-clients gcc make curl lintian tcpdump"
 missing=""

@@ -66,6 +66,7 @@ if [ -z "${SKIP_INTEGRATION:-}" ]; then
   run Tests/Integration/guest-pktgen.sh
   run Tests/Integration/netmap-kernel.sh
   run Tests/Integration/libvirt.sh
+  run Tests/Integration/libvirt-watch.sh
   run Tests/Integration/docs.sh
 fi
 echo "$passed passed, $failed failed"

@@ -75,30 +75,6 @@ struct MemorySize: ExpressibleByArgument, Equatable, CustomStringConvertible {
     static var defaultValueDescription: String { "256M" }
 }
 
-/// A stable, locally administered unicast MAC for a port: 52:54:00 (QEMU's prefix; 0x52 has the
-/// locally-administered bit) and three bytes of an FNV-1a hash of the name, so guests on
-/// different ports never share the default address.
-enum DerivedMAC {
-    static func forName(_ name: String) -> String {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in name.utf8 {
-            hash ^= UInt64(byte)
-            hash &*= 0x0000_0100_0000_01b3
-        }
-        let tail = (0..<3).map { (k: UInt64) -> String in
-            let byte = String((hash >> (8 * k)) & 0xff, radix: 16)
-            return byte.count == 1 ? "0" + byte : byte
-        }
-        return "52:54:00:" + tail.joined(separator: ":")
-    }
-
-    static func isValid(_ mac: String) -> Bool {
-        let parts = mac.split(separator: ":", omittingEmptySubsequences: false)
-        guard parts.count == 6, parts.allSatisfy({ $0.count == 2 && UInt8($0, radix: 16) != nil }) else { return false }
-        return UInt8(parts[0], radix: 16)! & 1 == 0  // unicast
-    }
-}
-
 /// What the host can run guests with: KVM where the CPU has hardware virtualization and
 /// /dev/kvm is there, else TCG (e.g. inside a VM without nested virtualization).
 enum HostVirtualization {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import FoundationEssentials
+import Glibc
 import VhostNetmapBackend
 
 /// libvirt domain XML for a vhost-netmap port: the `<interface type='vhostuser'>` element and
@@ -31,25 +32,12 @@ struct LibvirtXML: ParsableCommand {
         if let mac, !DerivedMAC.isValid(mac) { throw ValidationError("--mac '\(mac)': expected six hex bytes of a unicast address, e.g. 52:54:00:12:34:56") }
     }
 
-    static func escape(_ s: String) -> String {
-        s.replacing("&", with: "&amp;").replacing("'", with: "&apos;").replacing("<", with: "&lt;").replacing(">", with: "&gt;")
-    }
+    static func escape(_ s: String) -> String { LibvirtInterfaceXML.escape(s) }
 
     var interfaceElement: String {
         let (sw, p) = try! PortSpec.parseName(port)
         let path = PortSpec.defaultSocketPath(switchName: sw, portName: p, in: socketDir ?? RunDirectory.path)
-        var lines = [
-            "<interface type='vhostuser'>",
-            "  <mac address='\(Self.escape(mac ?? DerivedMAC.forName(port)))'/>",
-            // QEMU as the client reconnects when the back-end restarts (libvirt ≥ 4.1, seconds).
-            qemuListens
-                ? "  <source type='unix' path='\(Self.escape(path))' mode='server'/>"
-                : "  <source type='unix' path='\(Self.escape(path))' mode='client'>\n    <reconnect enabled='yes' timeout='1'/>\n  </source>",
-            "  <model type='virtio'/>",
-        ]
-        if queues > 1 { lines.append("  <driver queues='\(queues)'/>") }
-        lines.append("</interface>")
-        return lines.joined(separator: "\n")
+        return LibvirtInterfaceXML(socketPath: path, mac: mac ?? DerivedMAC.forName(port), queues: queues, qemuListens: qemuListens).element
     }
 
     static let memoryBacking = """
@@ -97,5 +85,37 @@ struct LibvirtXML: ParsableCommand {
               </devices>
             </domain>
             """)
+    }
+}
+
+/// `vhost-netmap libvirt watch|attach`: runs vhost-netmap-libvirt (installed beside this binary,
+/// or in /usr/libexec/vhost-netmap), which links libvirt; the daemon's binary does not.
+struct Libvirt: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "libvirt through its C API: watch (ports follow domains), attach (hot-plug an interface).",
+        discussion: "Runs vhost-netmap-libvirt; see vhost-netmap libvirt --help and docs/operating.md (watcher or hook).")
+
+    @Argument(parsing: .captureForPassthrough, help: "watch or attach, and their options.")
+    var arguments: [String] = []
+
+    static func helperPath() -> String? {
+        var own = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &own, own.count - 1)
+        var candidates: [String] = []
+        if n > 0 {
+            let path = String(decoding: own[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if let slash = path.lastIndex(of: "/") { candidates.append(path[..<slash] + "/vhost-netmap-libvirt") }
+        }
+        candidates.append("/usr/libexec/vhost-netmap/vhost-netmap-libvirt")
+        return candidates.first { access($0, X_OK) == 0 }
+    }
+
+    func run() throws {
+        guard let helper = Self.helperPath() else {
+            throw RuntimeError("vhost-netmap-libvirt is not installed beside this binary nor in /usr/libexec/vhost-netmap (it is built with libvirt-dev: swift build --product vhost-netmap-libvirt)")
+        }
+        let argv = ([helper] + arguments).map { strdup($0) } + [nil]
+        execv(helper, argv)
+        throw RuntimeError("cannot run \(helper): \(String(cString: strerror(errno)))")
     }
 }

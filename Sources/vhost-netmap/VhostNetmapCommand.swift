@@ -10,7 +10,7 @@ struct VhostNetmapCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vhost-netmap",
         abstract: "A vhost-user virtio-net back-end that plugs VMs into netmap/VALE switches.",
-        subcommands: [Serve.self, Stats.self, ForwardingTable.self, Vale.self, Capture.self, KernelCheck.self, QemuArgs.self, LibvirtXML.self],
+        subcommands: [Serve.self, Stats.self, ForwardingTable.self, Vale.self, Capture.self, KernelCheck.self, QemuArgs.self, LibvirtXML.self, Libvirt.self],
         defaultSubcommand: Serve.self
     )
 }
