@@ -27,8 +27,13 @@ DOC=$ROOT/usr/share/doc/vhost-netmap
 install -D -m 0755 $BUILT/vhost-netmap "$ROOT/usr/bin/vhost-netmap"
 # netmap's own tool is pkt-gen; ours takes the same options under its own name.
 install -D -m 0755 $BUILT/pkt-gen "$ROOT/usr/bin/vhost-netmap-pkt-gen"
-strip --strip-unneeded --remove-section=.comment --remove-section=.note "$ROOT/usr/bin/vhost-netmap" "$ROOT/usr/bin/vhost-netmap-pkt-gen"
+# libvirt through its C API, in a binary of its own (`vhost-netmap libvirt` runs it): the daemon
+# never loads libvirt.
+install -D -m 0755 $BUILT/vhost-netmap-libvirt "$ROOT/usr/libexec/vhost-netmap/vhost-netmap-libvirt"
+strip --strip-unneeded --remove-section=.comment --remove-section=.note "$ROOT/usr/bin/vhost-netmap" "$ROOT/usr/bin/vhost-netmap-pkt-gen" \
+  "$ROOT/usr/libexec/vhost-netmap/vhost-netmap-libvirt"
 install -D -m 0644 scripts/debian/vhost-netmap.service "$ROOT/usr/lib/systemd/system/vhost-netmap.service"
+install -D -m 0644 scripts/debian/vhost-netmap-libvirt.service "$ROOT/usr/lib/systemd/system/vhost-netmap-libvirt.service"
 install -D -m 0644 scripts/debian/vhost-netmap.conf "$ROOT/etc/vhost-netmap/vhost-netmap.conf"
 mkdir -p "$ROOT/usr/share/qemu/vhost-user"
 sed 's|"binary": "[^"]*"|"binary": "/usr/bin/vhost-netmap"|' qemu-glue/qemu/50-vhost-netmap.json > "$ROOT/usr/share/qemu/vhost-user/50-vhost-netmap.json"
@@ -42,19 +47,22 @@ mkdir -p "$ROOT/usr/share/bash-completion/completions" "$ROOT/usr/share/man/man1
 # (bash-completion sources the file: no #! line)
 $BUILT/vhost-netmap --generate-completion-script bash | sed '1{/^#!/d}' > "$ROOT/usr/share/bash-completion/completions/vhost-netmap"
 chmod 0644 "$ROOT/usr/share/bash-completion/completions/vhost-netmap"
-MANUALS=.build/plugins/GenerateManual/outputs/vhost-netmap
-rm -rf "$MANUALS"
+MANUALS=.build/plugins/GenerateManual/outputs
+rm -rf "$MANUALS/vhost-netmap" "$MANUALS/vhost-netmap-libvirt"
 swift package --allow-writing-to-package-directory generate-manual --multi-page --date "$(date -u +%Y-%m-%d)" \
   --authors "vhost-netmap developers" --configuration release >> "$LOG" 2>&1 || { echo "build-deb.sh: generate-manual failed (log: $LOG)" >&2; exit 1; }
-# Subcommand pages are named vhost-netmap-SUB (a NAME without spaces, for whatis); their
-# synopsis keeps the command as typed. Blank lines are not mdoc.
-for page in "$MANUALS"/*.1; do
-  name=$(basename "$page" .1)
+# Pages are named vhost-netmap-SUB[-SUBSUB] (a NAME without spaces, for whatis); their synopsis
+# keeps the command as typed. vhost-netmap-libvirt's pages ("vhost-netmap libvirt ...") replace
+# the main command's page of its pass-through `libvirt`. Blank lines are not mdoc.
+for page in "$MANUALS"/vhost-netmap/*.1 "$MANUALS"/vhost-netmap-libvirt/*.1; do
+  name=$(basename "$page" .1 | tr ' ' '.')
   case "$name" in *.help) continue;; esac
   sub=${name#vhost-netmap}; sub=${sub#.}
   if [ -n "$sub" ]; then
-    sed -e '/^$/d' -e "s/^\.Nm \"vhost-netmap $sub\"\$/.Nm vhost-netmap-$sub/" -e "0,/^\.Nm\$/s//.Sy \"vhost-netmap $sub\"/" \
-      -e 's/vhost-netmap\.\([a-z-]*\)/vhost-netmap-\1/g' "$page" | gzip -9n > "$ROOT/usr/share/man/man1/vhost-netmap-$sub.1.gz"
+    typed=$(echo "$sub" | tr '.' ' '); dashed=$(echo "$sub" | tr '.' '-')
+    sed -e '/^$/d' -e "s/^\.Nm \"vhost-netmap $typed\"\$/.Nm vhost-netmap-$dashed/" -e "0,/^\.Nm\$/s//.Sy \"vhost-netmap $typed\"/" \
+      -e 's/vhost-netmap libvirt\.\([a-z-]*\)/vhost-netmap-libvirt-\1/g' -e 's/vhost-netmap\.\([a-z-]*\)/vhost-netmap-\1/g' "$page" \
+      | gzip -9n > "$ROOT/usr/share/man/man1/vhost-netmap-$dashed.1.gz"
   else
     sed -e '/^$/d' -e 's/vhost-netmap\.\([a-z-]*\)/vhost-netmap-\1/g' "$page" | gzip -9n > "$ROOT/usr/share/man/man1/vhost-netmap.1.gz"
   fi
@@ -70,8 +78,13 @@ printf 'vhost-netmap (%s) unstable; urgency=medium\n\n  * Built from the vhost-n
   "$VERSION" "$MAINTAINER" "$(date -u -R)" | gzip -9n > "$DOC/changelog.gz"
 chmod 0644 "$DOC/changelog.gz"
 
-# Depends: the shared libraries the binaries load, by the packages that hold them.
-libs=$(ldd "$ROOT/usr/bin/vhost-netmap" "$ROOT/usr/bin/vhost-netmap-pkt-gen" | awk '/=> \//{print $3}' | sort -u)
+# Depends: the shared libraries the binaries name (DT_NEEDED; not what those load in turn), by
+# the packages that hold them, as dpkg-shlibdeps would list them.
+libs=$(for b in "$ROOT/usr/bin/vhost-netmap" "$ROOT/usr/bin/vhost-netmap-pkt-gen" "$ROOT/usr/libexec/vhost-netmap/vhost-netmap-libvirt"; do
+  for needed in $(readelf -d "$b" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+    ldd "$b" | awk -v n="$needed" '$1 == n && $3 ~ /^\// {print $3}'
+  done
+done | sort -u)
 depends=$(for l in $libs; do dpkg -S "$(readlink -f "$l")" 2>/dev/null || dpkg -S "$l"; done | cut -d: -f1 | sort -u \
   | while read -r p; do echo "$p (>= $(dpkg-query -W -f='${Version}' "$p" | sed 's/-[^-]*$//'))"; done | paste -sd, - | sed 's/,/, /g')
 
@@ -95,9 +108,10 @@ Description: vhost-user back-end on netmap/VALE software switches
  module, and to the host's stack through TAP interfaces on io_uring.
  .
  The package has the daemon with its systemd unit (configured in
- /etc/vhost-netmap/vhost-netmap.conf), QEMU's back-end descriptor, a libvirt
- hook, Prometheus metrics, and vhost-netmap-pkt-gen, a traffic generator with
- netmap pkt-gen's options.
+ /etc/vhost-netmap/vhost-netmap.conf), QEMU's back-end descriptor, libvirt
+ integration (a watcher on libvirt's C API with its own unit, or a hook),
+ Prometheus metrics, packet capture, and vhost-netmap-pkt-gen, a traffic
+ generator with netmap pkt-gen's options.
 EOF
 echo /etc/vhost-netmap/vhost-netmap.conf > "$ROOT/DEBIAN/conffiles"
 install -m 0755 scripts/debian/postinst scripts/debian/prerm scripts/debian/postrm "$ROOT/DEBIAN/"

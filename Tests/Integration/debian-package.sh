@@ -28,7 +28,13 @@ expect_eq "lintian errors and warnings" "$problems" 0
 dpkg -i "$DEB" > "$WORK/install.log" 2>&1 || fail "dpkg -i: $(tail -3 "$WORK/install.log")"
 id vhost-netmap > /dev/null 2>&1 && pass "user vhost-netmap: $(id vhost-netmap)" || fail "no user vhost-netmap"
 UNIT=/usr/lib/systemd/system/vhost-netmap.service
-systemd-analyze verify "$UNIT" > "$WORK/verify.log" 2>&1 && pass "systemd-analyze verify $UNIT" || fail "unit: $(head -3 "$WORK/verify.log")"
+for unit in "$UNIT" /usr/lib/systemd/system/vhost-netmap-libvirt.service; do
+  systemd-analyze verify "$unit" > "$WORK/verify.log" 2>&1 && pass "systemd-analyze verify $unit" || fail "unit: $(head -3 "$WORK/verify.log")"
+done
+# libvirt's C API lives in a binary of its own, which `vhost-netmap libvirt` runs.
+/usr/bin/vhost-netmap libvirt watch --help > "$WORK/watch-help.log" 2>&1 && grep -q 'USAGE: vhost-netmap libvirt watch' "$WORK/watch-help.log" \
+  && pass "vhost-netmap libvirt runs /usr/libexec/vhost-netmap/vhost-netmap-libvirt" || fail "vhost-netmap libvirt: $(head -3 "$WORK/watch-help.log")"
+ldd /usr/bin/vhost-netmap | grep -q libvirt && fail "the daemon's binary loads libvirt"
 /usr/bin/vhost-netmap --help > /dev/null && pass "/usr/bin/vhost-netmap runs (no toolchain needed: $(ldd /usr/bin/vhost-netmap | grep -c swift) Swift libraries loaded)" || fail "vhost-netmap does not run"
 if ldd /usr/bin/vhost-netmap | grep -q swift || nm -D /usr/bin/vhost-netmap 2>/dev/null | grep -qi icu; then fail "Swift runtime or ICU loaded dynamically"; fi
 python3 -c "import json,sys; d=json.load(open('/usr/share/qemu/vhost-user/50-vhost-netmap.json')); sys.exit(d['binary'] != '/usr/bin/vhost-netmap')" \
@@ -87,12 +93,12 @@ expect_eq "exit status on SIGTERM (systemd's stop)" "$rc" 0
 # 3. Completion, man pages, purge.
 bash -c 'source /usr/share/bash-completion/completions/vhost-netmap && complete -p vhost-netmap' > /dev/null 2>&1 \
   && pass "bash completion loads" || fail "bash completion"
-for page in vhost-netmap vhost-netmap-serve vhost-netmap-pkt-gen; do
+for page in vhost-netmap vhost-netmap-serve vhost-netmap-pkt-gen vhost-netmap-libvirt vhost-netmap-libvirt-watch vhost-netmap-libvirt-attach; do
   out=$(MANWIDTH=80 man --warnings -l "/usr/share/man/man1/$page.1.gz" 2>&1 > /dev/null)
   [ -z "$out" ] && pass "man $page renders without warnings" || fail "man $page: $out"
 done
 dpkg --purge vhost-netmap > "$WORK/purge.log" 2>&1 || fail "purge: $(tail -2 "$WORK/purge.log")"
-left=$(ls /usr/bin/vhost-netmap /etc/vhost-netmap "$UNIT" 2>/dev/null | wc -l)
+left=$(ls /usr/bin/vhost-netmap /usr/libexec/vhost-netmap /etc/vhost-netmap "$UNIT" 2>/dev/null | wc -l)
 expect_eq "files left after purge" "$left" 0
 id vhost-netmap > /dev/null 2>&1 && fail "user vhost-netmap left after purge" || pass "user removed by purge"
 finish
