@@ -121,6 +121,11 @@ package final class CaptureSession {
         }
     }
 
+    /// This session's figures so far.
+    var report: CaptureReport {
+        CaptureReport(port: portName, active: !ended, framesSent: UInt64(records), copiesDropped: UInt64(capture.dropped))
+    }
+
     func end(_ why: String) {
         guard !ended else { return }
         ended = true
@@ -133,6 +138,28 @@ package final class CaptureSession {
         let dropped = capture.dropped
         logger.notice("capture of \(portName) ended: \(why); \(records) frames sent, \(dropped) copies dropped\(dropped > 0 ? " (the reader was slower than the port)" : "")")
         onEnd(self)
+    }
+}
+
+/// A port's captures, for `/metrics`: running or not, copies sent to readers, copies dropped
+/// because a reader was slower than the port.
+package struct CaptureReport: Equatable {
+    package var port: String
+    package var active = false
+    package var framesSent: UInt64 = 0
+    package var copiesDropped: UInt64 = 0
+
+    package init(port: String, active: Bool = false, framesSent: UInt64 = 0, copiesDropped: UInt64 = 0) {
+        self.port = port
+        self.active = active
+        self.framesSent = framesSent
+        self.copiesDropped = copiesDropped
+    }
+
+    mutating func add(_ other: CaptureReport) {
+        active = active || other.active
+        framesSent += other.framesSent
+        copiesDropped += other.copiesDropped
     }
 }
 

@@ -60,6 +60,8 @@ public final class Daemon: @unchecked Sendable {
     private var metricsListener: OwnedDescriptor?
     private var metricsServer: MetricsServer?
     private var captures: [CaptureSession] = []
+    /// What ended captures did, by port: `/metrics` counts on from it.
+    private var endedCaptures: [String: CaptureReport] = [:]
     private var signalDescriptor: OwnedDescriptor?
     private let stopRequest: OwnedDescriptor
 
@@ -152,7 +154,7 @@ public final class Daemon: @unchecked Sendable {
             loop.acceptRepeatedly(on: l.rawValue, what: "control socket", logger: logger) { control.serve($0) }
         }
         if let l = metricsListener, let address = options.metricsAddress {
-            let server = MetricsServer(loop: loop, logger: logger) { [unowned self] in Self.metrics(of: statistics()) }
+            let server = MetricsServer(loop: loop, logger: logger) { [unowned self] in Self.metrics(of: statistics(), captures: captureReports()) }
             metricsServer = server
             loop.acceptRepeatedly(on: l.rawValue, what: "metrics", logger: logger) { server.serve($0) }
             let port = TCPSocket.boundPort(l.rawValue) ?? address.port
@@ -234,10 +236,20 @@ extension Daemon: ControlCommands {
         guard sw.vale.lock.withLock({ _ in sw.vale.startCapture(session.capture, onPort: index) }) else {
             return "port \(request.port) is being captured already"
         }
-        session.onEnd = { [unowned self] ended in captures.removeAll { $0 === ended } }
+        session.onEnd = { [unowned self] ended in
+            captures.removeAll { $0 === ended }
+            endedCaptures[ended.request.port, default: CaptureReport(port: ended.request.port)].add(ended.report)
+        }
         captures.append(session)
         session.start()
         return nil
+    }
+
+    /// Per port: whether a capture runs, and the copies sent and dropped by all its captures.
+    package func captureReports() -> [CaptureReport] {
+        var reports = endedCaptures
+        for c in captures { reports[c.request.port, default: CaptureReport(port: c.request.port)].add(c.report) }
+        return reports.values.sorted { $0.port < $1.port }
     }
 
     package var socketDirectory: String { options.socketDirectory }

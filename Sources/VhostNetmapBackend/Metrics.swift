@@ -57,7 +57,7 @@ package struct MetricsExposition {
 extension Daemon {
     /// Every switch's counters, drops by reason, ring states and learned addresses, and the
     /// build, as `/metrics` serves them.
-    package static func metrics(of switches: [SwitchReport]) -> String {
+    package static func metrics(of switches: [SwitchReport], captures: [CaptureReport] = []) -> String {
         var m = MetricsExposition()
         m.add("vhost_netmap_build_info", "gauge", "The running build (always 1).", [("version", BuildInfo.version)], 1)
         for s in switches {
@@ -112,6 +112,13 @@ extension Daemon {
                 m.add("vhost_netmap_netmap_port_sync_errors_total", "counter", "Failed netmap ring syncs.", labels, k.syncErrors)
                 m.add("vhost_netmap_netmap_port_bad_slots_total", "counter", "netmap slots the kernel side got wrong (refused, never followed).", labels, k.badSlots)
             }
+        }
+        for c in captures {
+            let labels = [("switch", String(c.port.prefix { $0 != ":" })), ("port", c.port)]
+            m.add("vhost_netmap_capture_active", "gauge", "Whether vhost-netmap capture is copying the port's frames.", labels, c.active ? 1 : 0)
+            m.add("vhost_netmap_capture_frames_total", "counter", "Frame copies captures sent to their readers.", labels, c.framesSent)
+            m.add("vhost_netmap_capture_dropped_total", "counter",
+                  "Frame copies captures dropped because the reader was slower than the port (the frames themselves went on).", labels, c.copiesDropped)
         }
         return m.render()
     }

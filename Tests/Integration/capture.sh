@@ -11,7 +11,8 @@
 echo "capture"
 PG=${PKTGEN_BIN:-$ROOT/.build/release/pkt-gen}
 N=2000
-start_daemon --socket-dir "$WORK" --port "vale0:a=$WORK/a.sock" --port "vale0:b=$WORK/b.sock" || { finish; exit 1; }
+start_daemon --socket-dir "$WORK" --port "vale0:a=$WORK/a.sock" --port "vale0:b=$WORK/b.sock" --metrics 127.0.0.1:0 || { finish; exit 1; }
+METRICS=$(sed -n 's|.*metrics on \(http://[^ ]*\)$|\1|p' "$WORK/daemon.log")
 cap() { "$BIN" capture --control "$WORK/control.sock" "$@"; }
 send() { # send COUNT [RATE]: pkt-gen rx on b, tx on a
   "$PG" -i "vhost-user:$WORK/b.sock" -f rx -n "$1" -W -w 0 > "$WORK/rx.out" 2> "$WORK/rx.err" & RX=$!
@@ -69,6 +70,14 @@ kept=$(tcpdump -n -r "$WORK/slow.pcap" 2> /dev/null | wc -l)
 [ "${dropped:-0}" -gt 0 ] && pass "the stalled capture dropped $dropped copies and kept $kept (sum $((dropped + kept)) of $M)" \
   || fail "no copies dropped (kept $kept): $(grep 'capture of vale0:a ended' "$WORK/daemon.log" | tail -1)"
 expect_eq "copies kept + dropped = frames" "$((dropped + kept))" $M
+# /metrics adds up every capture of the port, as the daemon logged them when they ended.
+sample() { curl -sS "$METRICS" | grep "^$1{" | grep -F 'port="vale0:a"' | awk '{print $NF}'; }
+logged() { sed -n "s/.*capture of vale0:a ended: .*; \([0-9]*\) frames sent, \([0-9]*\) copies dropped.*/\\$1/p" "$WORK/daemon.log" | awk "{s += \$1} END {print s + 0}"; }
+expect_eq "/metrics: copies the captures of vale0:a dropped" "$(sample vhost_netmap_capture_dropped_total)" "$(logged 2)"
+expect_eq "/metrics: copies they sent" "$(sample vhost_netmap_capture_frames_total)" "$(logged 1)"
+expect_eq "/metrics: no capture of vale0:a runs" "$(sample vhost_netmap_capture_active)" 0
+PROMTOOL=$(command -v promtool || echo /usr/local/lib/vhost-netmap-test/promtool)
+curl -sS "$METRICS" | "$PROMTOOL" check metrics > "$WORK/promtool.log" 2>&1 && pass "promtool check metrics (with the capture families)" || fail "promtool: $(head -3 "$WORK/promtool.log")"
 
 # 4. Refusals.
 cap vale0:nope -w "$WORK/x.pcap" > "$WORK/nope.log" 2>&1; rc=$?
