@@ -112,6 +112,7 @@ let package = Package(
         ], path: "Tests/Fuzz/FuzzControl"),
         .executableTarget(name: "FuzzMemoryTable", dependencies: ["CFuzzDriver", "Virtio", "VhostSystem"], path: "Tests/Fuzz/FuzzMemoryTable"),
         .executableTarget(name: "FuzzNetmapRing", dependencies: ["CFuzzDriver", "DataPath", "Netmap", "VALESwitch", "Virtio"], path: "Tests/Fuzz/FuzzNetmapRing"),
+        .executableTarget(name: "FuzzDomainXML", dependencies: ["CFuzzDriver", "LibvirtIntegration", "VhostNetmapBackend"], path: "Tests/Fuzz/FuzzDomainXML"),
         .executableTarget(name: "FuzzRXWriter", dependencies: ["CFuzzDriver", "DataPath", "VALESwitch", "Virtio", "VhostSystem"], path: "Tests/Fuzz/FuzzRXWriter"),
         .testTarget(name: "BackendTests", dependencies: [
             "VhostNetmapBackend", "VhostUser", "Virtio", "VALESwitch", "VhostSystem", "TestSupport", "DataPath", "Netmap",

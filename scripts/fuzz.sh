@@ -4,7 +4,8 @@
 # FuzzChainWalker (split-ring chains in fuzzed guest memory), FuzzRXWriter (the receive path into
 # a fuzzed ring), FuzzNetmapRing (a netmap port over a fuzzed region), FuzzMemoryTable (memory
 # tables, slots, translation, dirty log), FuzzControl (control-socket lines), FuzzNames
-# (port-name and --port parsers), FuzzPktGenOptions (pkt-gen's options). Each target runs SECONDS (default 60) from its
+# (port-name and --port parsers), FuzzPktGenOptions (pkt-gen's options), FuzzDomainXML (the
+# domain XML libvirt watch reads). Each target runs SECONDS (default 60) from its
 # seed corpus (Tests/Fuzz/Corpus/<target>, made by Tests/Fuzz/make-seeds.py) into a scratch corpus;
 # prints executions, coverage and findings per target; exits non-zero if any target found one
 # (the crashing input is kept and named). Without libFuzzer, `swift build` makes the same targets
@@ -13,7 +14,7 @@
 set -u
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-60}; shift || true
-TARGETS=("$@"); [ ${#TARGETS[@]} -eq 0 ] && TARGETS=(FuzzFraming FuzzChainWalker FuzzRXWriter FuzzNetmapRing FuzzMemoryTable FuzzControl FuzzNames FuzzPktGenOptions)
+TARGETS=("$@"); [ ${#TARGETS[@]} -eq 0 ] && TARGETS=(FuzzFraming FuzzChainWalker FuzzRXWriter FuzzNetmapRing FuzzMemoryTable FuzzControl FuzzNames FuzzPktGenOptions FuzzDomainXML)
 FUZZER_LIB=$(ls "$(dirname "$(dirname "$(readlink -f "$(command -v swift)")")")"/lib/clang/*/lib/linux/libclang_rt.fuzzer_no_main-x86_64.a 2>/dev/null | head -1)
 [ -n "$FUZZER_LIB" ] || { echo "fuzz.sh: libclang_rt.fuzzer_no_main not found beside the Swift toolchain" >&2; exit 1; }
 [ -d Tests/Fuzz/Corpus ] || python3 Tests/Fuzz/make-seeds.py

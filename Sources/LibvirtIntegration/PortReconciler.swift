@@ -86,10 +86,13 @@ public final class PortReconciler {
                     logOnce("domain \(domain.name): \(error); its interfaces are skipped")
                     continue
                 }
-                for interface in interfaces {
+                for var interface in interfaces {
                     guard let name = SocketConvention.portName(for: interface.socketPath, socketDirectory: socketDirectory) else {
                         continue  // not one of the daemon's sockets
                     }
+                    // The same socket, spelled as the convention spells it (no "//" or "/./").
+                    let (switchName, portName) = try! PortSpec.parseName(name)
+                    interface.socketPath = PortSpec.defaultSocketPath(switchName: switchName, portName: portName, in: socketDirectory)
                     guard (1...PortSpec.maxQueuePairs).contains(interface.queues) else {
                         logOnce("domain \(domain.name): \(name) asks for \(interface.queues) queue pairs (1...\(PortSpec.maxQueuePairs)); skipped")
                         continue

@@ -119,3 +119,10 @@ translate = bytes([3, 0, 1, 0, 16, 12]) + bytes([4, 1, 1, 0, 255, 4])
 put("FuzzMemoryTable", "table-translate-log", table + translate + bytes([5, 3, 0, 8, 0, 0, 1, 1, 0, 200, 3]))
 put("FuzzMemoryTable", "slots", bytes([1, 3, 0, 2, 0, 0, 0]) + bytes([1, 2, 0, 1, 5, 3, 0]) + bytes([3, 1, 1, 0, 0, 4, 2])
     + bytes([2, 0, 0]) + bytes([3, 0, 1, 0, 0, 4, 2]))
+
+# FuzzDomainXML: domain XML as libvirt hands it out, with vhost-user interfaces in and out of /run/vn.
+iface = "<interface type='vhostuser'><mac address='52:54:00:00:00:0%d'/><source type='unix' path='%s' mode='%s'/>%s<model type='virtio'/></interface>"
+for i, (path, mode, driver) in enumerate([("/run/vn/vale0/a.sock", "client", ""), ("/run/vn/vale1/b.sock", "server", "<driver queues='4'/>"),
+                                          ("/run//vn/./vale0/c.sock", "client", "<driver queues='17'/>"), ("/elsewhere/vale0/d.sock", "client", "")]):
+    put("FuzzDomainXML", f"domain-{i}", ("<domain type='qemu'><name>d</name><devices>" + iface % (i, path, mode, driver)
+                                          + "<interface type='network'><source network='default'/></interface></devices></domain>").encode())
