@@ -51,6 +51,10 @@ if [ -z "${SKIP_INTEGRATION:-}" ]; then
   run Tests/Integration/testpmd-switching.sh ",mrg_rxbuf=0,queue_size=1024"
   run Tests/Integration/testpmd-switching.sh ",mrg_rxbuf=1,queue_size=256"
   run Tests/Integration/testpmd-switching.sh ",queue_size=256" 2
+  run Tests/Integration/testpmd-switching.sh ",packed_vq=1"
+  run Tests/Integration/testpmd-switching.sh ",packed_vq=1,mrg_rxbuf=0,queue_size=1024"
+  run Tests/Integration/testpmd-switching.sh ",packed_vq=1,in_order=1,queue_size=256" 2
+  run Tests/Integration/testpmd-switching.sh ",in_order=0,mrg_rxbuf=0"
   run Tests/Integration/backend-restart.sh 5
   run Tests/Integration/frontend-churn.sh 1000
   run Tests/Integration/host-port.sh

@@ -14,11 +14,11 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
         var length: UInt32
     }
 
-    public let queues: [SplitQueue]
+    public let queues: [Virtqueue]
     // Set by the device (control thread, switch lock held).
     /// Unretained references to running rings (their owner is `queues`): no ARC per packet.
     struct QueueRef {
-        let queue: Unmanaged<SplitQueue>
+        let queue: Unmanaged<Virtqueue>
     }
 
     /// Running rings, in fixed storage (reading an array property would retain its buffer per packet).
@@ -28,7 +28,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     package private(set) var readyRXCount = 0
 
     /// Sets the running rings (control thread, switch lock held).
-    package func setReady(tx: [SplitQueue], rx: [SplitQueue]) {
+    package func setReady(tx: [Virtqueue], rx: [Virtqueue]) {
         for (i, q) in tx.enumerated() { readyTXStorage[i] = QueueRef(queue: .passUnretained(q)) }
         // Receive rings are never waited on (a frame without room is dropped, as VALE does): the
         // guest need not kick when it adds buffers.
@@ -51,16 +51,16 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     package var headerLength = 12
     package var mergeable = false
 
-    private let txSegments = SegmentList(capacity: SplitQueue.maxSegmentsPerChain)
-    private let rxSegments = SegmentList(capacity: SplitQueue.maxSegmentsPerChain)
+    private let txSegments = SegmentList(capacity: Virtqueue.maxSegmentsPerChain)
+    private let rxSegments = SegmentList(capacity: Virtqueue.maxSegmentsPerChain)
     private let pending: UnsafeMutablePointer<PendingUsed>
     private let pendingCapacity = 1024
     private var dirtyRX: UInt64 = 0
     private var txCursor = 0
-    let onBroken: (SplitQueue) -> Void
+    let onBroken: (Virtqueue) -> Void
 
-    package init(queueCount: Int, onBroken: @escaping (SplitQueue) -> Void) {
-        queues = (0..<queueCount).map { SplitQueue(index: $0) }
+    package init(queueCount: Int, onBroken: @escaping (Virtqueue) -> Void) {
+        queues = (0..<queueCount).map { Virtqueue(index: $0) }
         callDescriptors = Array(repeating: -1, count: queueCount)
         errorDescriptors = Array(repeating: -1, count: queueCount)
         kickDescriptors = Array(repeating: -1, count: queueCount)
@@ -79,14 +79,14 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     }
 
     @inline(__always)
-    private func notify(_ q: SplitQueue) {
+    private func notify(_ q: Virtqueue) {
         if q.needsInterrupt() {
             let fd = callDescriptors[q.index]
             if fd >= 0 { EventFD.signal(fd) }
         }
     }
 
-    private func reportBroken(_ q: SplitQueue) {
+    private func reportBroken(_ q: Virtqueue) {
         guard !q.brokenReported else { return }
         q.brokenReported = true
         let fd = errorDescriptors[q.index]
@@ -116,7 +116,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     }
 
     @inline(__always)
-    private func transmit(_ q: SplitQueue, into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int {
+    private func transmit(_ q: Virtqueue, into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int {
         guard let available = q.availableCount() else {
             if q.broken { reportBroken(q) }
             return 0
@@ -190,7 +190,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     }
 
     @inline(__always)
-    private func deliver(_ frame: Frame, into q: SplitQueue) -> DeliveryResult {
+    private func deliver(_ frame: Frame, into q: Virtqueue) -> DeliveryResult {
         guard features.isSuperset(of: frame.header.requiredReceiveFeatures) else { return .offloadMismatch }
         guard let available = q.availableCount() else {
             if q.broken { reportBroken(q) }
@@ -208,7 +208,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
 
     /// Without MRG_RXBUF: the whole packet goes into one chain.
     @inline(__always)
-    private func deliverSingle(_ frame: Frame, to q: SplitQueue, available: Int) -> DeliveryResult {
+    private func deliverSingle(_ frame: Frame, to q: Virtqueue, available: Int) -> DeliveryResult {
         let hdrLen = headerLength
         let total = hdrLen &+ frame.length
         guard let result = q.nextChain(writable: true, into: rxSegments) else {
@@ -239,7 +239,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
 
     /// With MRG_RXBUF: as many chains as the packet needs; num_buffers tells the guest how many.
     @inline(__always)
-    private func deliverMergeable(_ frame: Frame, to q: SplitQueue, available: Int) -> DeliveryResult {
+    private func deliverMergeable(_ frame: Frame, to q: Virtqueue, available: Int) -> DeliveryResult {
         let hdrLen = headerLength
         var source = frame.cursor
         var remaining = frame.length

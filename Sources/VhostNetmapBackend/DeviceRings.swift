@@ -24,9 +24,9 @@ extension VhostNetDevice {
     }
 
     func checkLayout(_ a: RingAddresses, size: UInt32, memory: GuestMemory) throws(Refusal) {
-        let probe = SplitQueue(index: 0)
+        let probe = Virtqueue(index: 0)
         do {
-            try probe.attach(size: size, addresses: a, memory: memory)
+            try probe.attach(size: size, addresses: a, memory: memory, format: ringFormat)
         } catch {
             throw .ringLayout(error.description)
         }
@@ -39,7 +39,7 @@ extension VhostNetDevice {
         guard let memory, let a = v.addresses else { return }
         let last = q.lastAvailIndex
         do {
-            try q.attach(size: v.size, addresses: a, memory: memory)
+            try q.attach(size: v.size, addresses: a, memory: memory, format: ringFormat)
         } catch {
             throw .ringLayout(error.description)
         }

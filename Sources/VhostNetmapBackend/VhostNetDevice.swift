@@ -27,7 +27,7 @@ public final class VhostNetDevice: @unchecked Sendable {
     }
 
     public static let offeredFeatures: VirtioFeatures = [
-        .version1, .anyLayout, .indirectDescriptors, .eventIndex, .netMergeableRxBuffers,
+        .version1, .anyLayout, .indirectDescriptors, .eventIndex, .ringPacked, .inOrder, .netMergeableRxBuffers,
         .protocolFeatures, .netMQ, .netMTU, .netGuestAnnounce, .logAll,
         .netCSUM, .netGuestCSUM, .netGuestTSO4, .netGuestTSO6, .netGuestECN, .netGuestUFO,
         .netHostTSO4, .netHostTSO6, .netHostECN, .netHostUFO,
@@ -49,6 +49,8 @@ public final class VhostNetDevice: @unchecked Sendable {
     private var featuresSet = false
     /// The features the front-end set, once it has (control thread).
     public var negotiatedFeatures: VirtioFeatures? { featuresSet ? features : nil }
+    /// The rings' layout, as the features say (VIRTIO_F_RING_PACKED).
+    var ringFormat: RingFormat { features.contains(.ringPacked) ? .packed : .split }
     private(set) var protocolFeatures: ProtocolFeatures = []
     /// SET_PROTOCOL_FEATURES was received: QEMU then sends SET_VRING_ENABLE even before SET_FEATURES.
     private var protocolFeaturesNegotiated = false
@@ -143,8 +145,9 @@ public final class VhostNetDevice: @unchecked Sendable {
         case .setVringNum(let s):
             let v = try vring(s.index)
             guard !v.started else { throw .ringRunning(s.index) }
-            guard s.num >= 1, s.num <= UInt32(SplitQueue.maxSize), s.num & (s.num - 1) == 0 else {
-                throw .ringSize(s.num, max: SplitQueue.maxSize)
+            // A packed ring may have any size; a split ring's is a power of two.
+            guard s.num >= 1, s.num <= UInt32(Virtqueue.maxSize), ringFormat == .packed || s.num & (s.num - 1) == 0 else {
+                throw .ringSize(s.num, max: Virtqueue.maxSize)
             }
             v.size = s.num
         case .setVringAddr(let a):
@@ -164,12 +167,16 @@ public final class VhostNetDevice: @unchecked Sendable {
         case .setVringBase(let s):
             let v = try vring(s.index)
             guard !v.started else { throw .ringRunning(s.index) }
-            guard s.num <= 0xffff else { throw .baseTooLarge(s.num) }
-            v.base = UInt16(s.num)
+            // Packed: avail slot and wrap counter in the low half; QEMU puts the used position in
+            // the high half, which is the same once a ring was stopped (DPDK ignores it too).
+            guard s.num <= 0xffff || ringFormat == .packed else { throw .baseTooLarge(s.num) }
+            v.base = UInt16(truncatingIfNeeded: s.num)
         case .getVringBase(let s):
             _ = try vring(s.index) // validates the index
-            let base = stop(Int(s.index))
-            return .reply(VringState(index: s.index, num: UInt32(base)).encoded())
+            let base = UInt32(stop(Int(s.index)))
+            // Packed: every chain taken is used when the ring stops, so the used position (QEMU
+            // reads it from the high half) is the avail position.
+            return .reply(VringState(index: s.index, num: ringFormat == .packed ? base | base << 16 : base).encoded())
         case .setVringKick(let p, let descriptor):
             let v = try vring(p.index)
             let fd = try eventDescriptor(descriptor)
@@ -347,8 +354,8 @@ public final class VhostNetDevice: @unchecked Sendable {
     private func refreshDatapath() {
         assertPaused()
         let hdr = features.netHeaderLength
-        var tx: [SplitQueue] = []
-        var rx: [SplitQueue] = []
+        var tx: [Virtqueue] = []
+        var rx: [Virtqueue] = []
         var polled = false
         for (i, v) in vrings.enumerated() {
             let q = port.queues[i]

@@ -187,7 +187,7 @@ public enum Refusal: Error, Equatable, Sendable, CustomStringConvertible {
         case .protocolFeaturesNotOffered(let bits): "protocol features 0x\(String(bits, radix: 16)) include bits not offered"
         case .ringIndexOutOfRange(let i, let n): "ring index \(i) out of range (device has \(n) rings)"
         case .ringRunning(let i): "ring \(i) is running"
-        case .ringSize(let s, let max): "size \(s) is not a power of two in 1...\(max)"
+        case .ringSize(let s, let max): "size \(s) is not in 1...\(max) (and a power of two, for a split ring)"
         case .unknownAddressFlags(let f): "unknown flags 0x\(String(f, radix: 16))"
         case .noMemoryTable: "no memory table yet"
         case .ringHasNoSize(let i): "ring \(i) has no size yet (SET_VRING_NUM)"

@@ -126,7 +126,7 @@ public final class DriverQueue: @unchecked Sendable {
 
     /// Makes everything added so far visible to the device (store-release of avail->idx).
     public func publish() {
-        SplitQueue.storeRelease16(memory.host(availRing) + 2, availIndex)
+        Virtqueue.storeRelease16(memory.host(availRing) + 2, availIndex)
     }
 
     /// Sets avail->idx to any value (hostile tests).
@@ -141,15 +141,15 @@ public final class DriverQueue: @unchecked Sendable {
         precondition(availIndex == deviceUsedIndex, "the ring is not idle")
         availIndex = index
         lastUsedIndex = index
-        SplitQueue.storeRelease16(memory.host(usedRing) + 2, index)
+        Virtqueue.storeRelease16(memory.host(usedRing) + 2, index)
         publish()
     }
 
     /// The device's used->idx.
-    public var deviceUsedIndex: UInt16 { SplitQueue.loadAcquire16(memory.host(usedRing) + 2) }
+    public var deviceUsedIndex: UInt16 { Virtqueue.loadAcquire16(memory.host(usedRing) + 2) }
 
     /// Whether the device asked not to be kicked (VRING_USED_F_NO_NOTIFY).
-    public var deviceSuppressesKicks: Bool { SplitQueue.load16(memory.host(usedRing)) & 1 != 0 }
+    public var deviceSuppressesKicks: Bool { Virtqueue.load16(memory.host(usedRing)) & 1 != 0 }
 
     /// Hands up to `max` used entries published since the last call to `body` as (id, length),
     /// without allocating and without touching descriptors (for drivers that keep one buffer per
@@ -197,5 +197,5 @@ public final class DriverQueue: @unchecked Sendable {
     }
 
     /// EVENT_IDX: the device's avail_event.
-    public var availEvent: UInt16 { SplitQueue.load16(memory.host(usedRing) + 4 + 8 * size) }
+    public var availEvent: UInt16 { Virtqueue.load16(memory.host(usedRing) + 4 + 8 * size) }
 }

@@ -33,9 +33,9 @@ public enum SplitRingLayout {
     public static func availEventOffset(_ size: Int) -> Int { usedRingOffset + usedElementSize * size }
 
     /// The checks that need no memory: a power-of-two size within the maximum, and each part's
-    /// alignment. `SplitQueue.attach` then checks that each part lies inside guest memory.
+    /// alignment. `Virtqueue.attach` then checks that each part lies inside guest memory.
     public static func check(size: UInt32, addresses a: RingAddresses) throws(RingSetupError) {
-        guard size >= 1, size <= UInt32(SplitQueue.maxSize), size & (size - 1) == 0 else { throw .badSize(size) }
+        guard size >= 1, size <= UInt32(Virtqueue.maxSize), size & (size - 1) == 0 else { throw .badSize(size) }
         guard a.descriptorTable.value % descriptorTableAlignment == 0 else { throw .misaligned("descriptor table") }
         guard a.availRing.value % availAlignment == 0 else { throw .misaligned("avail ring") }
         guard a.usedRing.value % usedAlignment == 0 else { throw .misaligned("used ring") }
@@ -113,12 +113,14 @@ public struct RingAddresses: Equatable, Sendable {
 
 public enum RingSetupError: Error, Equatable, CustomStringConvertible {
     case badSize(UInt32)
+    case badPackedSize(UInt32)
     case misaligned(String)
     case notInGuestMemory(String)
 
     public var description: String {
         switch self {
         case .badSize(let n): "queue size \(n) is not a power of two in 1...32768"
+        case .badPackedSize(let n): "packed queue size \(n) is not in 1...32768"
         case .misaligned(let what): "\(what) is misaligned"
         case .notInGuestMemory(let what): "\(what) is not inside guest memory"
         }

@@ -24,7 +24,8 @@ final class SocketGuest {
         mac = [0x52, 0x54, 0, 0, 1, last]
     }
 
-    func start(queueSize: Int = 256, wanted: UInt64 = ~0) throws {
+    /// Split rings only (its rings are DriverQueues): everything else the device offers.
+    func start(queueSize: Int = 256, wanted: UInt64 = ~VirtioFeatures.ringPacked.rawValue) throws {
         features = try frontEnd.negotiate(wanted: wanted, protocol: ProtocolFeatures([.mq, .replyAck, .rarp, .mtu]).rawValue)
         let s = memory.regionSpec
         try frontEnd.setMemoryTable([MemoryRegionDescription(guestPhysicalAddress: s.guestPhysicalAddress.value, size: s.size,

@@ -17,6 +17,13 @@ for p in a b c; do
   wait_for port_ready "vale0:$p" "$QUEUES" || { fail "port $p never got ready rings"; finish; exit 1; }
   tp $p "set fwd rxonly"
 done
+# The ring layout and ordering the devargs ask for are the ones negotiated.
+feature() { echo $(( ($(port_field vale0:a device.features) >> $1) & 1 )); }
+case "$DEVARGS" in *packed_vq=1*) want=1;; *) want=0;; esac
+expect_eq "VIRTIO_F_RING_PACKED negotiated" "$(feature 34)" $want
+# (virtio-user asks for IN_ORDER unless in_order=0)
+case "$DEVARGS" in *in_order=0*) want=0;; *) want=1;; esac
+expect_eq "VIRTIO_F_IN_ORDER negotiated" "$(feature 35)" $want
 # virtio-user posts its receive buffers when forwarding starts: start every receiver first.
 tp a "start"; tp b "start"; tp c "start"
 sleep 2

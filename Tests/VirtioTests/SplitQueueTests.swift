@@ -9,14 +9,14 @@ final class RingPair {
     let memory: DriverMemory
     let guest: GuestMemory
     let driver: DriverQueue
-    let device: SplitQueue
-    let segments = SegmentList(capacity: SplitQueue.maxSegmentsPerChain)
+    let device: Virtqueue
+    let segments = SegmentList(capacity: Virtqueue.maxSegmentsPerChain)
 
     init(size: Int = 16, indirect: Bool = true, eventIndex: Bool = false) throws {
         memory = try DriverMemory(size: 4 << 20)
         guest = try GuestMemory(specs: [memory.regionSpec], descriptors: [memory.descriptor])
         driver = DriverQueue(size: size, memory: memory)
-        device = SplitQueue(index: 1)
+        device = Virtqueue(index: 1)
         device.indirectAllowed = indirect
         device.eventIndex = eventIndex
         try device.attach(size: UInt32(size), addresses: driver.addresses, memory: guest)
@@ -33,7 +33,7 @@ final class RingPair {
     @Test func refusesBadLayouts() throws {
         let memory = try DriverMemory(size: 1 << 20)
         let guest = try GuestMemory(specs: [memory.regionSpec], descriptors: [memory.descriptor])
-        let q = SplitQueue(index: 0)
+        let q = Virtqueue(index: 0)
         let base = UInt64(UInt(bitPattern: memory.mapping.base))
         let good = RingAddresses(descriptorTable: FrontEndAddress(base), availRing: FrontEndAddress(base + 4096), usedRing: FrontEndAddress(base + 8192))
         try q.attach(size: 256, addresses: good, memory: guest)
@@ -114,7 +114,7 @@ final class RingPair {
             GuestRegionSpec(guestPhysicalAddress: GuestPhysicalAddress(1 << 19), size: 1 << 19, userAddress: FrontEndAddress(base + (1 << 19)), mmapOffset: 1 << 19),
         ], descriptors: [memory.descriptor, memory.descriptor])
         let driver = DriverQueue(size: 8, memory: memory)
-        let q = SplitQueue(index: 1)
+        let q = Virtqueue(index: 1)
         try q.attach(size: 8, addresses: driver.addresses, memory: guest)
         _ = driver.add([.readable((1 << 19) - 100, length: 300)])
         driver.publish()

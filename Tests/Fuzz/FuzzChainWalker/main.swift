@@ -28,7 +28,7 @@ exit(LLVMFuzzerRunDriver(&argc, &argv) { data, count in
     memcpy(view.base, data, min(count, memorySize))
     let size = UInt32(1) << UInt32(data[0] % 9)
     let writable = data[1] & 1 == 1
-    let queue = SplitQueue(index: 0)
+    let queue = Virtqueue(index: 0)
     queue.indirectAllowed = data[2] & 1 == 1
     queue.eventIndex = data[2] & 2 != 0
     let addresses = RingAddresses(descriptorTable: FrontEndAddress(userBase), availRing: FrontEndAddress(userBase + 4096),

@@ -64,7 +64,7 @@ func inMemory(_ gpa: UInt64, _ length: UInt64) -> Bool {
     return !overflow && gpa >= memoryStart && end <= memoryEnd
 }
 
-/// The spec's chain rules, written independently of SplitQueue and more permissive where the
+/// The spec's chain rules, written independently of Virtqueue and more permissive where the
 /// device may be stricter (limits): the writable buffers of chain `head` in order, or nil when
 /// the spec forbids the device to use it. Also returns the indirect table it went through.
 func referenceChain(head: Int, size: Int, indirectAllowed: Bool) -> (buffers: [(UInt64, UInt64)], table: (UInt64, UInt64)?)? {

@@ -24,12 +24,20 @@ public enum ChainResult: Equatable {
     case bad(head: UInt16, ChainError)
 }
 
-/// The device side of a split virtqueue (virtio 1.x §2.7) over guest memory.
+/// Which layout a virtqueue has: split (virtio 1.x §2.7) or packed (§2.8, VIRTIO_F_RING_PACKED).
+public enum RingFormat: Sendable {
+    case split
+    case packed
+}
+
+/// The device side of a virtqueue over guest memory: split (this file) or packed
+/// (Virtqueue+Packed.swift), the same operations for both, chosen by `format` at each call
+/// (a branch that always goes the same way for a ring).
 ///
 /// Everything the guest controls is read once and checked before use: ring indices, heads, next
 /// links, lengths, flags and addresses. The ring is used by one thread at a time (the switch
 /// worker, under the switch lock); configuration happens under the same lock.
-public final class SplitQueue: @unchecked Sendable {
+public final class Virtqueue: @unchecked Sendable {
     public static let maxSize = 32768
     /// At most this many segments per chain (after splitting at region boundaries).
     public static let maxSegmentsPerChain = 256
@@ -37,38 +45,45 @@ public final class SplitQueue: @unchecked Sendable {
     public static let maxPacketLength = 65_562 + 12
 
     public let index: Int
-    public private(set) var size = 0
-    private var mask = 0
-    private var descriptors: UnsafeMutableRawPointer?
-    private var avail: UnsafeMutableRawPointer?
-    private var used: UnsafeMutableRawPointer?
+    public internal(set) var format = RingFormat.split
+    public internal(set) var size = 0
+    var mask = 0
+    /// Split: descriptor table, avail ring, used ring. Packed: descriptor ring, driver event
+    /// suppression area, device event suppression area.
+    var descriptors: UnsafeMutableRawPointer?
+    var avail: UnsafeMutableRawPointer?
+    var used: UnsafeMutableRawPointer?
     public private(set) var memory: GuestMemory? {
         didSet { regions = memory?.regions ?? UnsafeMutableBufferPointer(start: nil, count: 0) }
     }
     /// `memory`'s region table, used by the data path without touching the object's reference count.
-    private var regions = UnsafeMutableBufferPointer<MappedRegion>(start: nil, count: 0)
+    var regions = UnsafeMutableBufferPointer<MappedRegion>(start: nil, count: 0)
 
-    /// Next avail entry to take (free-running 16-bit). Moved by the data path as it takes
-    /// chains, and by `resume(at:)` when the control plane places the ring.
-    public private(set) var lastAvailIndex: UInt16 = 0 {
-        didSet { if RingIndex(lastAvailIndex).isAtOrAfter(RingIndex(cachedAvailIndex)) { cachedAvailIndex = lastAvailIndex } }
+    /// Next avail entry to take. Split: free-running 16-bit. Packed: the slot, with the avail
+    /// wrap counter in bit 15 (as SET/GET_VRING_BASE carry it). Moved by the data path as it
+    /// takes chains, and by `resume(at:)` when the control plane places the ring.
+    public internal(set) var lastAvailIndex: UInt16 = 0 {
+        didSet { if format == .split && RingIndex(lastAvailIndex).isAtOrAfter(RingIndex(cachedAvailIndex)) { cachedAvailIndex = lastAvailIndex } }
     }
     /// The guest's avail->idx as last read. Reading it costs a cache miss (the guest writes that
     /// line all the time), so it is re-read only when what it promised has been consumed.
-    private var cachedAvailIndex: UInt16 = 0
+    var cachedAvailIndex: UInt16 = 0
     /// Avail entries up to here have had their descriptors (buffers) prefetched.
     private var descriptorsPrefetched: UInt16 = 0
     private var buffersPrefetched: UInt16 = 0
-    /// Our copy of used->idx (we are its only writer).
-    public private(set) var usedIndex: UInt16 = 0
-    private var signalledUsedIndex: UInt16 = 0
-    private var signalledValid = false
+    /// Split: our copy of used->idx (we are its only writer). Packed: the next slot to write a
+    /// used descriptor in, with the used wrap counter in bit 15.
+    public internal(set) var usedIndex: UInt16 = 0
+    var signalledUsedIndex: UInt16 = 0
+    var signalledValid = false
+    /// Packed rings' own state (Virtqueue+Packed.swift).
+    var packed = PackedState()
 
     public var eventIndex = false
     public var indirectAllowed = false
     /// Live migration: while set, every write to guest memory marks its pages in this log. The
     /// data path tests `isLogging` (a plain flag) so that no log costs nothing.
-    public private(set) var dirtyLog: DirtyLog?
+    public internal(set) var dirtyLog: DirtyLog?
     public private(set) var isLogging = false
     /// Where the used ring's writes are logged (SET_VRING_ADDR's log address with
     /// VHOST_VRING_F_LOG); nil: the front-end does not want them logged.
@@ -85,6 +100,8 @@ public final class SplitQueue: @unchecked Sendable {
         self.index = index
     }
 
+    deinit { packed.release() }
+
     public var isAttached: Bool { descriptors != nil }
 
     /// Validates and translates the ring layout. The used index is read back from guest memory.
@@ -93,7 +110,11 @@ public final class SplitQueue: @unchecked Sendable {
     /// and `used` point at the full extent of their part (`SplitRingLayout`'s byte counts,
     /// used_event and avail_event included) inside one mapped region of `memory`, which this
     /// queue keeps alive until `detach`.
-    public func attach(size: UInt32, addresses a: RingAddresses, memory: GuestMemory) throws(RingSetupError) {
+    public func attach(size: UInt32, addresses a: RingAddresses, memory: GuestMemory, format: RingFormat = .split) throws(RingSetupError) {
+        if format == .packed {
+            try attachPacked(size: size, addresses: a, memory: memory)
+            return
+        }
         try SplitRingLayout.check(size: size, addresses: a)
         let n = Int(size)
         guard let d = memory.translate(userAddress: a.descriptorTable, length: UInt64(SplitRingLayout.descriptorTableBytes(n))) else {
@@ -101,12 +122,14 @@ public final class SplitQueue: @unchecked Sendable {
         }
         guard let av = memory.translate(userAddress: a.availRing, length: UInt64(SplitRingLayout.availBytes(n))) else { throw .notInGuestMemory("avail ring") }
         guard let u = memory.translate(userAddress: a.usedRing, length: UInt64(SplitRingLayout.usedBytes(n))) else { throw .notInGuestMemory("used ring") }
+        self.format = .split
         self.size = Int(size)
         mask = Int(size) - 1
         descriptors = d
         avail = av
         used = u
         self.memory = memory
+        packed.release()
         usedIndex = Self.load16(u + SplitRingLayout.usedIndexOffset)
         cachedAvailIndex = lastAvailIndex
         signalledValid = false
@@ -117,6 +140,10 @@ public final class SplitQueue: @unchecked Sendable {
     /// what was read or prefetched ahead of the old position is forgotten, so nothing between
     /// the two positions is taken for available.
     public func resume(at index: UInt16) {
+        if format == .packed {
+            resumePacked(at: index)
+            return
+        }
         lastAvailIndex = index
         cachedAvailIndex = index
         descriptorsPrefetched = index
@@ -132,7 +159,7 @@ public final class SplitQueue: @unchecked Sendable {
     /// Marks the pages of the used ring (elements, index, flags and avail_event alike: a few
     /// pages at most, marked whole rather than tracked write by write).
     @inline(never)
-    private func logUsedRing() {
+    func logUsedRing() {
         guard let log = dirtyLog, let address = usedRingLogAddress else { return }
         log.mark(address, length: UInt64(SplitRingLayout.usedBytes(size)))
     }
@@ -164,6 +191,7 @@ public final class SplitQueue: @unchecked Sendable {
 
     /// Forgets the layout and memory (ring stopped, or the device reset).
     public func detach() {
+        packed.release()
         descriptors = nil
         avail = nil
         used = nil
@@ -172,13 +200,15 @@ public final class SplitQueue: @unchecked Sendable {
         clearBroken()
     }
 
+    func setMemory(_ memory: GuestMemory) { self.memory = memory }
+
     public func markBroken(_ reason: String) {
         broken = true
         brokenReason = reason
     }
 
     /// A new layout or none: whatever broke the old one is forgotten.
-    private func clearBroken() {
+    func clearBroken() {
         broken = false
         brokenReason = nil
         brokenReported = false
@@ -201,6 +231,7 @@ public final class SplitQueue: @unchecked Sendable {
     @inline(__always)
     public func availableCount() -> Int? {
         guard !broken else { return nil }
+        if format == .packed { return packedAvailableCount() }
         let cached = Int(cachedAvailIndex &- lastAvailIndex)
         if cached > 0 { return cached }
         return refreshAvailable()
@@ -209,6 +240,7 @@ public final class SplitQueue: @unchecked Sendable {
     /// Re-reads avail->idx (acquire) and validates it.
     @inline(never)
     public func refreshAvailable() -> Int? {
+        if format == .packed { return packedRefreshAvailable() }
         guard let avail, !broken else { return nil }
         let idx = Self.loadAcquire16(avail + SplitRingLayout.availIndexOffset)
         let n = RingIndex(idx).distance(from: RingIndex(lastAvailIndex))
@@ -227,6 +259,7 @@ public final class SplitQueue: @unchecked Sendable {
     @inline(__always)
     public func nextChain(writable: Bool, into segments: SegmentList) -> ChainResult? {
         assert(isAttached && !broken, "nextChain on a ring that is not running")
+        if format == .packed { return packedNextChain(writable: writable, into: segments) }
         let slot = RingIndex(lastAvailIndex).slot(mask)
         let head = Self.load16(avail! + SplitRingLayout.availRingOffset + 2 * slot)
         lastAvailIndex &+= 1
@@ -248,6 +281,7 @@ public final class SplitQueue: @unchecked Sendable {
     /// Nothing read here is trusted: addresses are only prefetch hints.
     @inline(__always)
     public func prefetch(upTo count: Int, writable: Bool) {
+        if format == .packed { return packedPrefetch(upTo: count) }
         guard let avail, let descriptors else { return }
         let last = RingIndex(lastAvailIndex)
         let available = RingIndex(cachedAvailIndex).distance(from: last)
@@ -277,6 +311,7 @@ public final class SplitQueue: @unchecked Sendable {
 
     /// Gives back the last `count` chains taken (used when a receiver runs out of room midway).
     public func rewind(_ count: Int) {
+        if format == .packed { return packedRewind(count) }
         lastAvailIndex &-= UInt16(truncatingIfNeeded: count)
     }
 
@@ -318,7 +353,7 @@ public final class SplitQueue: @unchecked Sendable {
             }
             guard d.isWriteOnly == writable else { return .failure(.wrongDirection) }
             total &+= Int(d.length)
-            guard total <= SplitQueue.maxPacketLength || writable else { return .failure(.packetTooLarge) }
+            guard total <= Virtqueue.maxPacketLength || writable else { return .failure(.packetTooLarge) }
             var gpa = d.address
             var remaining = UInt64(d.length)
             while remaining > 0 {
@@ -341,6 +376,7 @@ public final class SplitQueue: @unchecked Sendable {
     /// Writes one used element; it becomes visible to the guest at `publishUsed()`.
     @inline(__always)
     public func addUsed(head: UInt16, length: UInt32) {
+        if format == .packed { return packedAddUsed(id: head, length: length) }
         assert(isAttached && Int(head) < size, "used element for head \(head) on a ring of \(size)")
         let e = used! + SplitRingLayout.usedRingOffset + SplitRingLayout.usedElementSize * RingIndex(usedIndex).slot(mask)
         e.storeBytes(of: UInt32(head).littleEndian, as: UInt32.self)
@@ -351,6 +387,7 @@ public final class SplitQueue: @unchecked Sendable {
     /// Makes the used elements written so far visible (store-release of used->idx).
     @inline(__always)
     public func publishUsed() {
+        if format == .packed { return }  // each used descriptor was published as it was written
         Self.storeRelease16(used! + SplitRingLayout.usedIndexOffset, usedIndex)
         if isLogging { logUsedRing() }
     }
@@ -359,6 +396,7 @@ public final class SplitQueue: @unchecked Sendable {
     /// (EVENT_IDX: vring_need_event on used_event; otherwise VRING_AVAIL_F_NO_INTERRUPT).
     @inline(__always)
     public func needsInterrupt() -> Bool {
+        if format == .packed { return packedNeedsInterrupt() }
         guard let avail else { return false }
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         if eventIndex {
@@ -377,6 +415,7 @@ public final class SplitQueue: @unchecked Sendable {
     /// Asks the guest not to kick (no-op with EVENT_IDX: a stale avail_event already suppresses kicks).
     @inline(__always)
     public func disableKicks() {
+        if format == .packed { return packedSetKicks(enabled: false) }
         guard let used, !eventIndex else { return }
         (used + SplitRingLayout.usedFlagsOffset).storeBytes(of: SplitRingLayout.usedNoNotify.littleEndian, as: UInt16.self)
         if isLogging { logUsedRing() }
@@ -386,6 +425,7 @@ public final class SplitQueue: @unchecked Sendable {
     /// afterwards: the guest may have posted just before seeing this.
     @inline(__always)
     public func enableKicks() {
+        if format == .packed { return packedSetKicks(enabled: true) }
         guard let used else { return }
         if eventIndex {
             (used + SplitRingLayout.availEventOffset(size)).storeBytes(of: lastAvailIndex.littleEndian, as: UInt16.self)
