@@ -60,6 +60,7 @@ if [ -z "${SKIP_INTEGRATION:-}" ]; then
   run Tests/Integration/host-port.sh
   run Tests/Integration/vale-ctl.sh
   run Tests/Integration/guest-ping.sh
+  run Tests/Integration/guest-ping.sh packed
   run Tests/Integration/memory-hotplug.sh
   run Tests/Integration/qemu-restart.sh 20
   run Tests/Integration/two-guests.sh

@@ -253,7 +253,7 @@ public final class VhostNetDevice: @unchecked Sendable {
                 for v in vrings { v.enabled = true }
             }
         }
-        logger.info("features \(f) (header \(f.netHeaderLength) bytes\(f.contains(.netMergeableRxBuffers) ? ", mergeable RX" : ""))")
+        logger.info("features \(f) (header \(f.netHeaderLength) bytes, \(f.contains(.ringPacked) ? "packed" : "split") rings\(f.contains(.inOrder) ? " in order" : "")\(f.contains(.netMergeableRxBuffers) ? ", mergeable RX" : ""))")
     }
 
     private func setMemoryTable(_ table: MemoryTable, _ descriptors: [OwnedDescriptor]) throws(Refusal) {

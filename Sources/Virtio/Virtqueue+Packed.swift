@@ -110,8 +110,22 @@ extension Virtqueue {
         usedIndex = index
         packed.reset(at: index)
         signalledValid = false
-        if size > 0 && PackedPosition(index).slot >= size {
-            markBroken("base slot \(PackedPosition(index).slot) is beyond the ring of \(size)")
+        let position = PackedPosition(index)
+        if size > 0 && position.slot >= size {
+            markBroken("base slot \(position.slot) is beyond the ring of \(size)")
+            return
+        }
+        // The descriptor at a right base was never used in this lap: it is available, or left
+        // from the lap before. One used in this lap means the base is stale: QEMU keeps no
+        // position for packed rings when a back-end dies (there is no used index in memory to
+        // read back, as there is for split rings), and sends the initial one. Nothing says where
+        // the ring really is, so it stays stopped rather than replay or overwrite buffers.
+        if let descriptors, size > 0 {
+            let flags = Self.load16(descriptors + PackedRingLayout.descriptorSize * position.slot + PackedRingLayout.flagsOffset)
+            let bit = position.wrap ? UInt16.max : 0
+            if flags & PackedRingLayout.availFlag == bit & PackedRingLayout.availFlag && flags & PackedRingLayout.usedFlag == bit & PackedRingLayout.usedFlag {
+                markBroken("base \(position) names a descriptor already used in that lap: the front-end's position is stale (after a back-end restart, QEMU cannot give one for a packed ring); the guest must reset the device")
+            }
         }
     }
 

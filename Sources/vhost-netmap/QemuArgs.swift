@@ -39,6 +39,7 @@ struct QemuArgs: ParsableCommand {
     @Option(help: "QEMU netdev id.") var id: String = "net0"
     @Option(help: "QEMU version (e.g. 9.2) for the reconnect option; default: ask qemu-system-x86_64.") var qemuVersion: String?
     @Flag(help: "QEMU listens (server=on,wait=off) and the back-end connects.") var qemuListens = false
+    @Flag(help: "Packed virtqueues (virtio-net-pci packed=on; the back-end offers VIRTIO_F_RING_PACKED).") var packed = false
     @Flag(help: "Bind the memory with -machine memory-backend= instead of -numa node,memdev=.") var machineMemoryBackend = false
     @Option(help: "MSI-X: auto (off under TCG with QEMU < 8.0), on, off.") var msix: MSIX = .auto
     @Flag(help: "Same as --msix off (vectors=0).") var noMsix = false
@@ -95,6 +96,7 @@ struct QemuArgs: ParsableCommand {
         let vectors = msixOn ? 2 * queues + 2 : 0
         var device = "virtio-net-pci,netdev=\(id),mac=\(mac ?? DerivedMAC.forName(port ?? path)),vectors=\(vectors)"
         if queues > 1 { device += ",mq=on" }
+        if packed { device += ",packed=on" }
         if let q = queueSize { device += ",rx_queue_size=\(q),tx_queue_size=\(q)" }
         let memoryBinding = machineMemoryBackend ? "-machine memory-backend=mem-\(id)" : "-numa node,memdev=mem-\(id)"
         let prefix = command

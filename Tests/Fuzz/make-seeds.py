@@ -126,3 +126,12 @@ for i, (path, mode, driver) in enumerate([("/run/vn/vale0/a.sock", "client", "")
                                           ("/run//vn/./vale0/c.sock", "client", "<driver queues='17'/>"), ("/elsewhere/vale0/d.sock", "client", "")]):
     put("FuzzDomainXML", f"domain-{i}", ("<domain type='qemu'><name>d</name><devices>" + iface % (i, path, mode, driver)
                                           + "<interface type='network'><source network='default'/></interface></devices></domain>").encode())
+
+# FuzzChainWalker, packed: size 8 (byte 0 = 7), readable, indirect allowed + packed, start at slot 1
+# lap 1 (byte 3 = 0x81; bytes 0-3 are also slot 0's address, unused); a 2-descriptor chain (id 5)
+# and a 1-descriptor chain (id 6) made available in lap 1 (AVAIL=1, USED=0).
+packed_ring = bytearray(4096)
+struct.pack_into("<QIHH", packed_ring, 16, 0x10000 + 20480, 64, 5, 0x80 | 1)
+struct.pack_into("<QIHH", packed_ring, 32, 0x10000 + 20544, 64, 5, 0x80)
+struct.pack_into("<QIHH", packed_ring, 48, 0x10000 + 20608, 128, 6, 0x80)
+put("FuzzChainWalker", "packed-two-chains", bytes([7, 0, 5, 0x81]) + bytes(packed_ring[4:]) + bytes(8192))

@@ -163,6 +163,19 @@ final class PackedPair {
         let r = try PackedPair(size: 4)
         r.device.resume(at: 7)
         #expect(r.device.broken)
+
+        // A ring that ran, restarted at the initial base (QEMU after a back-end restart): the
+        // descriptor there was used in that lap, so the base is refused, not followed.
+        let s = try PackedPair(size: 4)
+        let id = s.driver.add([s.buffer(4, seed: 0)])!
+        _ = s.take()
+        s.device.addUsed(head: id, length: 0)
+        s.device.resume(at: PackedRingLayout.wrapBit)
+        #expect(s.device.broken && s.device.brokenReason?.contains("stale") == true)
+        // The right base (after the used chain) is taken.
+        try s.device.attach(size: 4, addresses: s.driver.addresses, memory: s.guest, format: .packed)
+        s.device.resume(at: s.driver.availPosition.encoded)
+        #expect(!s.device.broken)
     }
 
     @Test func interruptsFollowTheDriversEventSuppression() throws {
@@ -213,5 +226,69 @@ final class PackedPair {
         // The same queue goes back to split.
         try q.attach(size: 256, addresses: good, memory: guest)
         #expect(q.format == .split)
+    }
+}
+
+@Suite struct HostilePackedRings {
+    /// Seeded random descriptor rings (random addresses, lengths, ids and all flag bits, AVAIL
+    /// and USED included): every chain the device takes has every segment inside guest memory,
+    /// or is refused; a ring that breaks is broken on purpose (a chain without an end, or over
+    /// descriptors in flight) and placed again. Used positions always catch up with avail ones.
+    @Test(arguments: [5, 6, 7, 8] as [UInt64])
+    func randomisedRings(seed: UInt64) throws {
+        var rng = SeededRandom(seed: seed)
+        let size = Int.random(in: 3...40, using: &rng)
+        let p = try PackedPair(size: size)
+        let lo = UInt(bitPattern: p.guest.regions[0].host)
+        let hi = lo + UInt(p.memory.size)
+        var outcomes = (good: 0, bad: 0, broken: 0)
+        for _ in 0..<3000 {
+            for slot in 0..<size where Int.random(in: 0...2, using: &rng) == 0 {
+                let addr: UInt64 = switch UInt8.random(in: 0...9, using: &rng) {
+                case 0: .random(in: 0...UInt64.max, using: &rng)
+                case 1: UInt64(p.memory.size) - .random(in: 0...64, using: &rng)
+                default: .random(in: 0..<UInt64(p.memory.size), using: &rng)
+                }
+                let len: UInt32 = Bool.random(using: &rng) ? .random(in: 0...2048, using: &rng) : .random(in: 0...UInt32.max, using: &rng)
+                // Mostly plausible flags (NEXT/WRITE/INDIRECT with the lap's AVAIL/USED), sometimes anything.
+                let lap = PackedDriverQueue.availableFlags(Bool.random(using: &rng) ? p.driver.availPosition : PackedPosition(0))
+                let flags = Int.random(in: 0...4, using: &rng) == 0 ? UInt16.random(in: 0...UInt16.max, using: &rng)
+                                                                   : UInt16.random(in: 0...7, using: &rng) | lap
+                p.driver.writeDescriptor(slot, address: addr, length: len, id: .random(in: 0...UInt16.max, using: &rng), flags: flags)
+            }
+            var taken: [UInt16] = []
+            let writable = Bool.random(using: &rng)
+            while let n = p.device.availableCount(), n > 0, taken.count < size {
+                switch p.device.nextChain(writable: writable, into: p.segments) {
+                case .chain(let id, _)?:
+                    outcomes.good += 1
+                    for k in 0..<p.segments.count {
+                        let s = p.segments.storage[k]
+                        let start = UInt(bitPattern: s.base)
+                        #expect(start >= lo && start + UInt(s.length) <= hi)
+                    }
+                    taken.append(id)
+                case .bad(let id, _)?:
+                    outcomes.bad += 1
+                    taken.append(id)
+                case nil:
+                    break
+                }
+                if p.device.broken { break }
+            }
+            if Bool.random(using: &rng) && taken.count > 1 {
+                p.device.rewind(1)
+                taken.removeLast()
+            }
+            for id in taken { p.device.addUsed(head: id, length: 0) }
+            if p.device.broken {
+                outcomes.broken += 1
+                p.device.resume(at: PackedPosition(UInt16.random(in: 0..<UInt16(size), using: &rng) | PackedRingLayout.wrapBit).encoded)
+                try p.device.attach(size: UInt32(size), addresses: p.driver.addresses, memory: p.guest, format: .packed)
+                p.device.resume(at: p.device.lastAvailIndex)
+            }
+            #expect(p.device.usedIndex == p.device.lastAvailIndex, "every chain taken was used")
+        }
+        #expect(outcomes.good > 0 && outcomes.bad > 0 && outcomes.broken > 0, "\(outcomes)")
     }
 }
