@@ -5,7 +5,10 @@
 # seeded with "start tx_first", loops frames through the back-end:
 #   port0 -> back-end port A -> [switch] -> back-end port B -> port1 -> io fwd -> port1 -> ... -> port0
 # Candidates, interleaved A/B/A/B on the same machine:
-#   vhost-netmap  two ports of one embedded switch (busy-poll worker pinned to CPU 0)
+#   vhost-netmap  two ports of one embedded switch (busy-poll worker pinned to CPU 0), split rings
+#   packed        the same with packed rings (virtio-user packed_vq=1; BENCH_PACKED=0 skips it), and
+#                 dpdk-vhost under the same packed front-end (the front-end's packed path is
+#                 part of what both measure)
 #   dpdk-vhost    dpdk-testpmd with two net_vhost ports in io forwarding (forwarding lcore on CPU 0)
 #   ovs-dpdk      OVS-DPDK (openvswitch-switch-dpdk, installed here if missing; BENCH_OVS=0 skips it):
 #                 two dpdkvhostuser ports, flows 1->2 and 2->1, PMD on CPU 0, on 2 MiB hugepages
@@ -13,7 +16,9 @@
 #   baseline      with BENCH_BASELINE=/path/to/an/older/vhost-netmap: that binary, as vhost-netmap
 #                 (a change's before and after, interleaved in one run)
 # The front-end's forwarding lcore is on CPU 1. Prints per-round Mpps (sum of both ports' RX),
-# Gbit/s, the medians and the ratio vhost-netmap / dpdk-vhost (and / baseline) for each frame size.
+# Gbit/s, the medians with their spread (min-max) and the ratios vhost-netmap / dpdk-vhost (packed
+# / dpdk-vhost, and vhost-netmap / baseline) for each frame size.
+# BENCH_DEVARGS=",in_order=0" (for instance) is added to every front-end's virtio-user devargs.
 # usage: bench/loop-bench.sh [SECONDS=15] [ROUNDS=3] [SIZES="64 1518"]
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,6 +26,7 @@ SECS=${1:-15}; ROUNDS=${2:-3}; SIZES=${3:-64 1518}
 BIN=$ROOT/.build/release/vhost-netmap
 W=$(mktemp -d /tmp/vn-bench.XXXXXX)
 OVS=${BENCH_OVS:-1}
+PACKED=${BENCH_PACKED:-1}
 HUGE_BEFORE=$(cat /proc/sys/vm/nr_hugepages)
 cleanup() {
   pkill -INT -f "file-prefix=vnb" 2>/dev/null; [ -n "${DP:-}" ] && kill -INT $DP 2>/dev/null
@@ -44,31 +50,31 @@ wait_quiet() { # until the 2-vCPU machine is < 10% busy over 2 s (max 60 s)
   echo "  (machine still busy; measuring anyway)"
 }
 
-# frontend SOCK0 SOCK1 SIZE LABEL: runs the looping front-end; prints aggregate RX Mpps.
+# frontend SOCK0 SOCK1 SIZE LABEL [DEVARGS]: runs the looping front-end; prints aggregate RX Mpps.
 frontend() {
-  local log=$W/$4.log
+  local log=$W/$4.log extra=${BENCH_DEVARGS:-}${5:-}
   ( sleep 4; echo "start tx_first 32"; sleep 3; echo "clear port stats all"; sleep "$SECS"
     echo "show port stats all"; echo "stop"; sleep 1; echo "quit" ) | \
   stdbuf -oL dpdk-testpmd --file-prefix=vnbfe --no-pci --no-huge -m 1024 --lcores '0@1,1@1' --log-level=lib.eal:error \
-    --vdev "net_virtio_user0,path=$1,queues=1,queue_size=1024,mac=02:00:00:00:00:01" \
-    --vdev "net_virtio_user1,path=$2,queues=1,queue_size=1024,mac=02:00:00:00:00:02" -- \
+    --vdev "net_virtio_user0,path=$1,queues=1,queue_size=1024,mac=02:00:00:00:00:01$extra" \
+    --vdev "net_virtio_user1,path=$2,queues=1,queue_size=1024,mac=02:00:00:00:00:02$extra" -- \
     -i --forward-mode=io --nb-cores=1 --txd=1024 --rxd=1024 --total-num-mbufs=65536 --txpkts="$3" > "$log" 2>&1
   awk -v s="$SECS" '/NIC statistics for port/{p=1} p && /RX-packets:/{t+=$2; p=0} END {printf "%.3f\n", t/s/1e6}' "$log"
 }
 
 BASELINE=${BENCH_BASELINE:-}
 [ -z "$BASELINE" ] || [ -x "$BASELINE" ] || { echo "BENCH_BASELINE=$BASELINE is not an executable"; exit 1; }
-run_vhost_netmap() { # SIZE [BINARY]
+run_vhost_netmap() { # SIZE [BINARY] [FRONT-END DEVARGS]
   rm -f "$W"/a.sock "$W"/b.sock
   "${2:-$BIN}" serve --busy-poll --worker-cpu 0 --control "" --log-level warning \
     --port "vale0:a=$W/a.sock" --port "vale0:b=$W/b.sock" > "$W/daemon.log" 2>&1 &
   DP=$!
   for _ in $(seq 100); do [ -S "$W/b.sock" ] && break; sleep 0.05; done
-  frontend "$W/a.sock" "$W/b.sock" "$1" "vn-$1${2:+-baseline}"
+  frontend "$W/a.sock" "$W/b.sock" "$1" "vn-$1${2:+-baseline}${3:+-packed}" "${3:-}"
   kill -INT $DP; wait $DP 2>/dev/null; DP=
 }
 
-run_dpdk_vhost() { # SIZE
+run_dpdk_vhost() { # SIZE [FRONT-END DEVARGS]
   rm -f "$W"/v0.sock "$W"/v1.sock
   # Non-interactive testpmd quits when stdin reaches EOF: give it one that stays open.
   ( sleep $((SECS * 4 + 60)) 2>/dev/null | stdbuf -oL dpdk-testpmd --file-prefix=vnbvh --no-pci --no-huge -m 1024 --lcores '0@0,1@0' --log-level=lib.eal:error \
@@ -76,7 +82,7 @@ run_dpdk_vhost() { # SIZE
     --forward-mode=io --nb-cores=1 --txd=1024 --rxd=1024 --total-num-mbufs=65536 --stats-period 0 > "$W/vhost-$1.log" 2>&1 ) &
   local vp=$!
   for _ in $(seq 100); do [ -S "$W/v1.sock" ] && break; sleep 0.05; done
-  frontend "$W/v0.sock" "$W/v1.sock" "$1" "dv-$1"
+  frontend "$W/v0.sock" "$W/v1.sock" "$1" "dv-$1${2:+-packed}" "${2:-}"
   pkill -INT -f "file-prefix=vnbvh"; pkill -f "^sleep $((SECS * 4 + 60))$"; wait $vp 2>/dev/null
 }
 
@@ -112,22 +118,29 @@ if [ "$OVS" = 1 ]; then
   mountpoint -q /dev/hugepages || { mount -t hugetlbfs nodev /dev/hugepages && MOUNTED_HUGE=1; }
 fi
 
+spread() { sort -n | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%s-%s", lo, hi}'; }
 median() { sort -n | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 gbps() { awk -v m="$1" -v s="$2" 'BEGIN {printf "%.2f", m * 1e6 * s * 8 / 1e9}'; } # frame bits (no preamble or gap)
 
 echo "vhost-netmap loop benchmark: ${SECS}s rounds x $ROUNDS, sizes: $SIZES ($(date -u +%FT%TZ), $(nproc) CPUs)"
 for size in $SIZES; do
-  : > "$W/vn-$size.r"; : > "$W/dv-$size.r"; : > "$W/ovs-$size.r"; : > "$W/base-$size.r"
+  : > "$W/vn-$size.r"; : > "$W/dv-$size.r"; : > "$W/ovs-$size.r"; : > "$W/base-$size.r"; : > "$W/pk-$size.r"; : > "$W/dpk-$size.r"
   for r in $(seq "$ROUNDS"); do
     wait_quiet
     a=$(run_vhost_netmap "$size"); echo "$a" >> "$W/vn-$size.r"
     wait_quiet
     b=$(run_dpdk_vhost "$size"); echo "$b" >> "$W/dv-$size.r"
+    e=n/a
+    f=n/a
+    if [ "$PACKED" = 1 ]; then
+      wait_quiet; e=$(run_vhost_netmap "$size" "" ",packed_vq=1"); echo "$e" >> "$W/pk-$size.r"
+      wait_quiet; f=$(run_dpdk_vhost "$size" ",packed_vq=1"); echo "$f" >> "$W/dpk-$size.r"
+    fi
     c=n/a
     if [ "$OVS" = 1 ]; then wait_quiet; c=$(run_ovs "$size"); echo "$c" >> "$W/ovs-$size.r"; fi
     d=n/a
     if [ -n "$BASELINE" ]; then wait_quiet; d=$(run_vhost_netmap "$size" "$BASELINE"); echo "$d" >> "$W/base-$size.r"; fi
-    echo "  ${size}B round $r: vhost-netmap $a Mpps | dpdk-vhost $b Mpps | ovs-dpdk $c Mpps | baseline $d Mpps"
+    echo "  ${size}B round $r: vhost-netmap $a Mpps | packed $e Mpps | dpdk-vhost $b Mpps | dpdk-vhost packed $f Mpps | ovs-dpdk $c Mpps | baseline $d Mpps"
   done
   ma=$(median < "$W/vn-$size.r"); mb=$(median < "$W/dv-$size.r")
   ratio=$(awk -v a="$ma" -v b="$mb" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}')
@@ -136,5 +149,13 @@ for size in $SIZES; do
   if [ -n "$BASELINE" ]; then
     md=$(median < "$W/base-$size.r"); rd=$(awk -v a="$ma" -v b="$md" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}')
   fi
-  echo "${size}B median: vhost-netmap $ma Mpps ($(gbps "$ma" "$size") Gbit/s) | dpdk-vhost $mb Mpps ($(gbps "$mb" "$size") Gbit/s) | ovs-dpdk $mc Mpps | ratio vhost-netmap/dpdk-vhost $ratio | baseline $md Mpps, ratio vhost-netmap/baseline $rd"
+  me=n/a; re=n/a; se=n/a; mf=n/a; sf=n/a
+  if [ "$PACKED" = 1 ]; then
+    me=$(median < "$W/pk-$size.r"); se=$(spread < "$W/pk-$size.r"); mf=$(median < "$W/dpk-$size.r"); sf=$(spread < "$W/dpk-$size.r")
+    re=$(awk -v a="$me" -v b="$mf" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}')
+  fi
+  sc=n/a; [ "$OVS" = 1 ] && sc=$(spread < "$W/ovs-$size.r")
+  sd=n/a; [ -n "$BASELINE" ] && sd=$(spread < "$W/base-$size.r")
+  echo "${size}B median (spread): vhost-netmap $ma Mpps ($(spread < "$W/vn-$size.r"); $(gbps "$ma" "$size") Gbit/s) | packed $me ($se) | dpdk-vhost $mb Mpps ($(spread < "$W/dv-$size.r"); $(gbps "$mb" "$size") Gbit/s) | dpdk-vhost packed $mf ($sf) | ovs-dpdk $mc ($sc)"
+  echo "${size}B ratios: vhost-netmap/dpdk-vhost $ratio | packed: vhost-netmap/dpdk-vhost $re | baseline $md Mpps ($sd), vhost-netmap/baseline $rd"
 done

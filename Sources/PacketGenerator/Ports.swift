@@ -43,6 +43,7 @@ func waitReadable(_ fd: CInt, milliseconds: Int32) {
 
 public func openPort(_ name: String, options: Options) throws -> PacketPort {
     if name.hasPrefix("vhost-user:") { return try VhostUserPort(path: String(name.dropFirst(11))) }
+    if name.hasPrefix("vhost-user-packed:") { return try VhostUserPort(path: String(name.dropFirst(18)), packed: true) }
     if name.hasPrefix("tap:") { return try TapPlainPort(name: String(name.dropFirst(4))) }
     if name.hasPrefix("tap") { return try TapPlainPort(name: name) }
     if name.hasPrefix("vale") || name.hasPrefix("netmap:") {
@@ -52,120 +53,6 @@ public func openPort(_ name: String, options: Options) throws -> PacketPort {
         return try NetmapPacketPort(name: name, headerLength: options.virtioHeaderLength)
     }
     return try PacketMMapPort(interface: name)
-}
-
-// MARK: vhost-user front-end
-
-/// A vhost-user front-end of our own, as a VM's driver would be: guest memory in a memfd, a
-/// receive and a transmit split ring of 256 entries with one 2 KiB buffer per descriptor,
-/// kick and call eventfds. It drives any vhost-user back-end (ours, DPDK's vhost PMD).
-public final class VhostUserPort: PacketPort {
-    static let ringSize = 256
-    static let bufferSize = 2048
-    let frontEnd: VhostUserFrontEnd
-    let memory: DriverMemory
-    let rx: DriverQueue
-    let tx: DriverQueue
-    let kicks: [OwnedDescriptor]
-    let calls: [OwnedDescriptor]
-    let headerLength: Int
-    let rxBuffers: UInt64
-    let txBuffers: UInt64
-    var freeTX: [UInt16]
-    public var macAddress: [UInt8]? { nil }
-
-    public init(path: String) throws {
-        let socket = try UnixSocket.connect(path: path, nonBlocking: false)
-        frontEnd = VhostUserFrontEnd(socket: socket)
-        memory = try DriverMemory(size: 4 << 20)
-        let version1: UInt64 = 1 << 32
-        let protocolFeatures: UInt64 = 1 << 30
-        let features = try frontEnd.negotiate(wanted: version1 | protocolFeatures, protocol: ProtocolFeatures([.replyAck]).rawValue)
-        headerLength = features & version1 != 0 ? 12 : 10
-        let s = memory.regionSpec
-        try frontEnd.setMemoryTable([MemoryRegionDescription(guestPhysicalAddress: s.guestPhysicalAddress.value, size: s.size,
-                                                             userAddress: s.userAddress.value, mmapOffset: 0)],
-                                    descriptors: [memory.descriptor.rawValue])
-        rx = DriverQueue(size: Self.ringSize, memory: memory)
-        tx = DriverQueue(size: Self.ringSize, memory: memory)
-        rxBuffers = memory.allocate(Self.ringSize * Self.bufferSize, alignment: 4096)
-        txBuffers = memory.allocate(Self.ringSize * Self.bufferSize, alignment: 4096)
-        kicks = [try EventFD.make(), try EventFD.make()]
-        calls = [try EventFD.make(), try EventFD.make()]
-        freeTX = (0..<UInt16(Self.ringSize)).reversed().map { $0 }
-        // Every receive descriptor owns one buffer, posted once and re-posted as it comes back.
-        for i in 0..<Self.ringSize {
-            rx.writeDescriptor(i, address: rxBuffers + UInt64(i * Self.bufferSize), length: UInt32(Self.bufferSize), flags: 2, next: 0)
-            rx.pushAvail(head: UInt16(i))
-        }
-        rx.publish()
-        for (i, q) in [rx, tx].enumerated() {
-            let a = q.addresses
-            try frontEnd.startRing(index: UInt32(i), size: UInt32(Self.ringSize),
-                                   address: VringAddress(index: UInt32(i), flags: 0, descriptorTable: a.descriptorTable.value,
-                                                         usedRing: a.usedRing.value, availRing: a.availRing.value, log: 0),
-                                   kick: kicks[i].rawValue, call: calls[i].rawValue, enable: true)
-        }
-        EventFD.signal(kicks[0].rawValue)
-    }
-
-    func reclaimTX() {
-        tx.takeUsed { id, _ in if Int(id) < Self.ringSize { freeTX.append(id) } }
-    }
-
-    public var transmitSpace: Int { reclaimTX(); return freeTX.count }
-
-    public func send(count: Int, fill: (UnsafeMutableRawPointer, Int) -> Int) -> Int {
-        if freeTX.count < count { reclaimTX() }
-        var sent = 0
-        while sent < count, let id = freeTX.popLast() {
-            let address = txBuffers + UInt64(Int(id) * Self.bufferSize)
-            let p = memory.host(address)
-            memset(p, 0, headerLength)
-            let length = fill(p + headerLength, Self.bufferSize - headerLength)
-            tx.writeDescriptor(Int(id), address: address, length: UInt32(headerLength + length), flags: 0, next: 0)
-            tx.pushAvail(head: id)
-            sent += 1
-        }
-        return sent
-    }
-
-    public func flush() {
-        tx.publish()
-        if !tx.deviceSuppressesKicks { EventFD.signal(kicks[1].rawValue) }
-    }
-
-    public func drain(milliseconds: Int) {
-        for _ in 0..<max(1, milliseconds) {
-            reclaimTX()
-            if freeTX.count == Self.ringSize { return }
-            EventFD.signal(kicks[1].rawValue)
-            usleep(1000)
-        }
-    }
-
-    public func receive(max: Int, _ body: (UnsafeRawPointer, Int) -> Void) -> Int {
-        var n = 0
-        let taken = rx.takeUsed(max: max) { id, length in
-            guard Int(id) < Self.ringSize else { return }
-            if Int(length) > headerLength && Int(length) <= Self.bufferSize {
-                body(UnsafeRawPointer(memory.host(rxBuffers + UInt64(Int(id) * Self.bufferSize))) + headerLength, Int(length) - headerLength)
-                n += 1
-            }
-            rx.pushAvail(head: id)
-        }
-        if taken > 0 {
-            rx.publish()
-            if !rx.deviceSuppressesKicks { EventFD.signal(kicks[0].rawValue) }
-        }
-        return n
-    }
-
-    public func waitForReceive(milliseconds: Int32) {
-        if rx.hasUsed { return }
-        var pfd = pollfd(fd: calls[0].rawValue, events: Int16(POLLIN), revents: 0)
-        if poll(&pfd, 1, milliseconds) > 0 { _ = EventFD.drain(calls[0].rawValue) }
-    }
 }
 
 // MARK: AF_PACKET with PACKET_MMAP

@@ -137,9 +137,10 @@ public final class VhostUserFrontEnd {
     }
 
     /// NUM, BASE, ADDR, CALL, KICK and (with protocol features) ENABLE for one ring.
-    public func startRing(index: UInt32, size: UInt32, address: VringAddress, kick: CInt, call: CInt, enable: Bool) throws(FrontEndError) {
+    /// `base`: 0 for a new split ring; 0x8000 (slot 0, wrap counter 1) for a new packed ring.
+    public func startRing(index: UInt32, size: UInt32, address: VringAddress, kick: CInt, call: CInt, enable: Bool, base: UInt32 = 0) throws(FrontEndError) {
         try send(.setVringNum, VringState(index: index, num: size).encoded())
-        try send(.setVringBase, VringState(index: index, num: 0).encoded())
+        try send(.setVringBase, VringState(index: index, num: base).encoded())
         try send(.setVringAddr, address.encoded())
         try send(.setVringCall, u64(UInt64(index)), descriptors: [call])
         try send(.setVringKick, u64(UInt64(index)), descriptors: [kick])

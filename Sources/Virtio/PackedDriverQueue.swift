@@ -112,11 +112,8 @@ public final class PackedDriverQueue: @unchecked Sendable {
     /// frees its chain's descriptors and id.
     public func reapUsed() -> [(id: UInt16, length: UInt32)] {
         var out: [(UInt16, UInt32)] = []
-        while true {
+        while hasUsed {
             let d = memory.host(descriptorRing) + PackedRingLayout.descriptorSize * usedPosition.slot
-            let flags = Virtqueue.loadAcquire16(d + PackedRingLayout.flagsOffset)
-            let wrap = usedPosition.wrap
-            guard (flags & PackedRingLayout.availFlag != 0) == wrap && (flags & PackedRingLayout.usedFlag != 0) == wrap else { break }
             let id = Virtqueue.load16(d + PackedRingLayout.idOffset)
             let length = UInt32(littleEndian: d.load(fromByteOffset: 8, as: UInt32.self))
             out.append((id, length))
@@ -132,6 +129,38 @@ public final class PackedDriverQueue: @unchecked Sendable {
             usedPosition = usedPosition.advanced(by: n, size: size)
         }
         return out
+    }
+
+    // One-descriptor chains whose ids the caller keeps (one buffer per id, as simple drivers and
+    // pkt-gen have it): not to be mixed with add/reapUsed on the same ring.
+
+    /// Makes one buffer available under `id`. The caller keeps at most `size` outstanding.
+    @inline(__always)
+    public func post(id: UInt16, address: UInt64, length: UInt32, writable: Bool) {
+        let flags = (writable ? DescriptorFlags.write.rawValue : 0) | Self.availableFlags(availPosition)
+        writeDescriptor(availPosition.slot, address: address, length: length, id: id, flags: flags)
+        availPosition = availPosition.advanced(by: 1, size: size)
+    }
+
+    /// Hands up to `max` used descriptors to `body` as (id, length); returns how many.
+    @inline(__always)
+    @discardableResult
+    public func takeUsed(max: Int = .max, _ body: (UInt16, UInt32) -> Void) -> Int {
+        var n = 0
+        while n < max && hasUsed {
+            let d = memory.host(descriptorRing) + PackedRingLayout.descriptorSize * usedPosition.slot
+            body(Virtqueue.load16(d + PackedRingLayout.idOffset), UInt32(littleEndian: d.load(fromByteOffset: 8, as: UInt32.self)))
+            usedPosition = usedPosition.advanced(by: 1, size: size)
+            n += 1
+        }
+        return n
+    }
+
+    /// Whether the descriptor at the used position was used in its lap.
+    public var hasUsed: Bool {
+        let flags = Virtqueue.loadAcquire16(memory.host(descriptorRing) + PackedRingLayout.descriptorSize * usedPosition.slot + PackedRingLayout.flagsOffset)
+        let wrap = usedPosition.wrap
+        return (flags & PackedRingLayout.availFlag != 0) == wrap && (flags & PackedRingLayout.usedFlag != 0) == wrap
     }
 
     /// Driver event suppression: ENABLE, DISABLE, or DESC at `position` (EVENT_IDX).

@@ -4,7 +4,9 @@
 #     or the exact loss, which the back-end's drop counter for that port explains;
 #  2. vhost-user front-end to DPDK's vhost PMD (testpmd rxonly): testpmd counts N;
 #  3. ping/pong through vhost-netmap: every ping answered;
-#  4. TAP and AF_PACKET (PACKET_MMAP): tx into a TAP of its own, rx on the same interface.
+#  4. TAP and AF_PACKET (PACKET_MMAP): tx into a TAP of its own, rx on the same interface;
+#  5. the front-end with packed rings (vhost-user-packed:): tx/rx and ping/pong through vhost-netmap,
+#     and tx into DPDK's vhost PMD.
 . "$(dirname "$0")/lib.sh"
 echo "pktgen"
 PG=${PKTGEN_BIN:-$ROOT/.build/release/pkt-gen}
@@ -48,6 +50,35 @@ sleep 0.5
 timeout 60 "$PG" -i "vhost-user:$WORK/a.sock" -f ping -n 20 -w 1 -D 02:00:00:00:00:98 > "$WORK/ping.out" 2> "$WORK/ping.err"
 kill -INT $PONG 2>/dev/null; wait $PONG
 grep -q "^RTT over 20 packets: min [0-9]* av [0-9]* ns" "$WORK/ping.out" && pass "ping: $(cat "$WORK/ping.out")" || fail "ping: $(cat "$WORK/ping.out") $(tail -2 "$WORK/ping.err")"
+
+# 5. Packed rings.
+in_before=$(port_field vale0:a counters.inPackets); out_before=$(port_field vale0:b counters.outPackets); drop_before=$(port_field vale0:b counters.dropNoRoom)
+"$PG" -i "vhost-user-packed:$WORK/b.sock" -f rx -n $N -W -w 0 > "$WORK/prx.out" 2> "$WORK/prx.err" & PRX=$!
+sleep 0.5
+timeout 120 "$PG" -i "vhost-user-packed:$WORK/a.sock" -f tx -n $N -R 200000 -w 1 -D 02:00:00:00:00:97 > "$WORK/ptx.out" 2> "$WORK/ptx.err" || fail "packed tx: $(tail -1 "$WORK/ptx.err")"
+wait $PRX
+grep -q "features .*packed rings" "$WORK/daemon.log" && pass "the daemon negotiated packed rings with pkt-gen" || fail "no packed rings in the daemon's log"
+expect_eq "packed: the switch took every frame from a" "$(( $(port_field vale0:a counters.inPackets) - in_before ))" $N
+received=$(awk '/^Received/{print $2}' "$WORK/prx.out"); dropped=$(( $(port_field vale0:b counters.dropNoRoom) - drop_before ))
+expect_eq "packed: received + dropped for no room on b" "$((received + dropped))" $N
+expect_eq "packed: b delivered what pkt-gen received" "$(( $(port_field vale0:b counters.outPackets) - out_before ))" "$received"
+"$PG" -i "vhost-user-packed:$WORK/b.sock" -f pong -W -w 0 > "$WORK/ppong.out" 2> "$WORK/ppong.err" & PONG=$!
+sleep 0.5
+timeout 60 "$PG" -i "vhost-user-packed:$WORK/a.sock" -f ping -n 20 -w 1 -D 02:00:00:00:00:96 > "$WORK/pping.out" 2> "$WORK/pping.err"
+kill -INT $PONG 2>/dev/null; wait $PONG
+grep -q "^RTT over 20 packets: min [0-9]* av [0-9]* ns" "$WORK/pping.out" && pass "packed ping: $(cat "$WORK/pping.out")" || fail "packed ping: $(cat "$WORK/pping.out") $(tail -2 "$WORK/pping.err")"
+rm -f "$WORK/v.sock"
+mkfifo "$WORK/tpp.in"
+stdbuf -oL dpdk-testpmd --file-prefix="vnit-pgp$TAG" --no-pci --no-huge -m 512 --lcores '0@1,1@1' --log-level=lib.eal:error \
+  --vdev "net_vhost0,iface=$WORK/v.sock,queues=1" -- -i --total-num-mbufs=32768 < "$WORK/tpp.in" > "$WORK/tp-pgp.log" 2>&1 &
+PIDS+=("$!")
+exec {TPP}> "$WORK/tpp.in"
+for _ in $(seq 100); do [ -S "$WORK/v.sock" ] && break; sleep 0.1; done
+echo "set fwd rxonly" >&$TPP; echo "start" >&$TPP; sleep 1
+timeout 120 "$PG" -i "vhost-user-packed:$WORK/v.sock" -f tx -n 50000 -w 1 -R 200000 > "$WORK/ptxv.out" 2> "$WORK/ptxv.err" || fail "packed tx to DPDK: $(tail -1 "$WORK/ptxv.err")"
+sleep 1; echo "show port stats 0" >&$TPP; sleep 1
+expect_eq "testpmd (vhost PMD, rxonly) received from pkt-gen's packed rings" "$(grep -a 'RX-packets:' "$WORK/tp-pgp.log" | tail -1 | awk '{print $2}')" 50000
+echo "quit" >&$TPP
 
 # 4. TAP (pkt-gen's own) and AF_PACKET on that interface.
 TAP=vnpg$TAG
