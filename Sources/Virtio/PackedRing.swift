@@ -42,15 +42,11 @@ public enum PackedRingLayout {
 }
 
 /// One packed descriptor, read once (the guest may rewrite it while we look).
-public struct PackedDescriptor: Sendable {
+public struct PackedDescriptor: BufferDescriptor, Sendable {
     public let address: GuestPhysicalAddress
     public let length: UInt32
     public let id: UInt16
     public let flags: DescriptorFlags
-
-    public var hasNext: Bool { @inline(__always) get { flags.contains(.next) } }
-    public var isWriteOnly: Bool { @inline(__always) get { flags.contains(.write) } }
-    public var isIndirect: Bool { @inline(__always) get { flags.contains(.indirect) } }
 
     /// Invariant: `p` points at 16 bytes inside a mapped region.
     @inline(__always)

@@ -51,17 +51,26 @@ public struct DescriptorFlags: OptionSet, Sendable {
     public static let indirect = DescriptorFlags(rawValue: 4)
 }
 
+/// What both ring layouts' descriptors say about a buffer, once read.
+public protocol BufferDescriptor {
+    var address: GuestPhysicalAddress { get }
+    var length: UInt32 { get }
+    var flags: DescriptorFlags { get }
+}
+
+extension BufferDescriptor {
+    public var hasNext: Bool { @inline(__always) get { flags.contains(.next) } }
+    public var isWriteOnly: Bool { @inline(__always) get { flags.contains(.write) } }
+    public var isIndirect: Bool { @inline(__always) get { flags.contains(.indirect) } }
+}
+
 /// One descriptor, read once from guest memory: the guest may rewrite it while we look, so every
 /// decision is made on this copy.
-public struct Descriptor: Sendable {
+public struct Descriptor: BufferDescriptor, Sendable {
     public let address: GuestPhysicalAddress
     public let length: UInt32
     public let flags: DescriptorFlags
     public let next: UInt16
-
-    public var hasNext: Bool { @inline(__always) get { flags.contains(.next) } }
-    public var isWriteOnly: Bool { @inline(__always) get { flags.contains(.write) } }
-    public var isIndirect: Bool { @inline(__always) get { flags.contains(.indirect) } }
 
     /// Reads the descriptor at `p`. Unaligned loads: an indirect table may sit at any guest
     /// address. Invariant: `p` points at `SplitRingLayout.descriptorSize` bytes inside a mapped

@@ -14,6 +14,25 @@ N=100000
 TAG=$(($$ % 100000))
 
 start_daemon --port "vale0:a=$WORK/a.sock" --port "vale0:b=$WORK/b.sock" || { finish; exit 1; }
+
+# start_vhost_pmd NAME: DPDK's vhost PMD (testpmd, rxonly) listening on $WORK/v.sock, driven
+# through a FIFO (its log is tp-NAME$TAG.log, as lib.sh's cleanup finds its run directory);
+# vhost_pmd_received NAME: what it counted, after which it quits.
+start_vhost_pmd() {
+  rm -f "$WORK/v.sock"
+  mkfifo "$WORK/tp$1.in"
+  stdbuf -oL dpdk-testpmd --file-prefix="vnit-$1$TAG" --no-pci --no-huge -m 512 --lcores '0@1,1@1' --log-level=lib.eal:error \
+    --vdev "net_vhost0,iface=$WORK/v.sock,queues=1" -- -i --total-num-mbufs=32768 < "$WORK/tp$1.in" > "$WORK/tp-$1$TAG.log" 2>&1 &
+  PIDS+=("$!")
+  exec {PMD_FD}> "$WORK/tp$1.in"
+  for _ in $(seq 100); do [ -S "$WORK/v.sock" ] && break; sleep 0.1; done
+  echo "set fwd rxonly" >&$PMD_FD; echo "start" >&$PMD_FD; sleep 1
+}
+vhost_pmd_received() {
+  sleep 1; echo "show port stats 0" >&$PMD_FD; sleep 1
+  grep -a 'RX-packets:' "$WORK/tp-$1$TAG.log" | tail -1 | awk '{print $2}'
+  echo "quit" >&$PMD_FD
+}
 # Interval lines every 100 ms, and a sender held to 200 kpps (0.5 s): on a fast machine an
 # unlimited run can end before the first interval, and then no interval line is printed.
 "$PG" -i "vhost-user:$WORK/b.sock" -f rx -n $N -W -w 0 -T 100 > "$WORK/rx.out" 2> "$WORK/rx.err" & RX=$!
@@ -30,19 +49,10 @@ expect_eq "received + dropped for no room on b (loss explained)" "$((received + 
 echo "  (received $received, dropped $dropped on a full ring)"
 
 # 2. DPDK's vhost PMD as the back-end.
-rm -f "$WORK/v.sock"
-mkfifo "$WORK/tpv.in"
-stdbuf -oL dpdk-testpmd --file-prefix="vnit-pgv$TAG" --no-pci --no-huge -m 512 --lcores '0@1,1@1' --log-level=lib.eal:error \
-  --vdev "net_vhost0,iface=$WORK/v.sock,queues=1" -- -i --total-num-mbufs=32768 < "$WORK/tpv.in" > "$WORK/tp-pgv.log" 2>&1 &
-PIDS+=("$!")
-exec {TPV}> "$WORK/tpv.in"
-for _ in $(seq 100); do [ -S "$WORK/v.sock" ] && break; sleep 0.1; done
-echo "set fwd rxonly" >&$TPV; echo "start" >&$TPV; sleep 1
+start_vhost_pmd pgv
 timeout 120 "$PG" -i "vhost-user:$WORK/v.sock" -f tx -n 50000 -w 1 -R 200000 > "$WORK/txv.out" 2> "$WORK/txv.err" || fail "pkt-gen tx to DPDK: $(tail -1 "$WORK/txv.err")"
-sleep 1; echo "show port stats 0" >&$TPV; sleep 1
 expect_eq "pkt-gen sent to DPDK's vhost PMD" "$(awk '/^Sent/{print $2}' "$WORK/txv.out")" 50000
-expect_eq "testpmd (vhost PMD, rxonly) received" "$(grep -a 'RX-packets:' "$WORK/tp-pgv.log" | tail -1 | awk '{print $2}')" 50000
-echo "quit" >&$TPV
+expect_eq "testpmd (vhost PMD, rxonly) received" "$(vhost_pmd_received pgv)" 50000
 
 # 3. ping/pong through the embedded switch.
 "$PG" -i "vhost-user:$WORK/b.sock" -f pong -W -w 0 > "$WORK/pong.out" 2> "$WORK/pong.err" & PONG=$!
@@ -67,18 +77,9 @@ sleep 0.5
 timeout 60 "$PG" -i "vhost-user-packed:$WORK/a.sock" -f ping -n 20 -w 1 -D 02:00:00:00:00:96 > "$WORK/pping.out" 2> "$WORK/pping.err"
 kill -INT $PONG 2>/dev/null; wait $PONG
 grep -q "^RTT over 20 packets: min [0-9]* av [0-9]* ns" "$WORK/pping.out" && pass "packed ping: $(cat "$WORK/pping.out")" || fail "packed ping: $(cat "$WORK/pping.out") $(tail -2 "$WORK/pping.err")"
-rm -f "$WORK/v.sock"
-mkfifo "$WORK/tpp.in"
-stdbuf -oL dpdk-testpmd --file-prefix="vnit-pgp$TAG" --no-pci --no-huge -m 512 --lcores '0@1,1@1' --log-level=lib.eal:error \
-  --vdev "net_vhost0,iface=$WORK/v.sock,queues=1" -- -i --total-num-mbufs=32768 < "$WORK/tpp.in" > "$WORK/tp-pgp.log" 2>&1 &
-PIDS+=("$!")
-exec {TPP}> "$WORK/tpp.in"
-for _ in $(seq 100); do [ -S "$WORK/v.sock" ] && break; sleep 0.1; done
-echo "set fwd rxonly" >&$TPP; echo "start" >&$TPP; sleep 1
+start_vhost_pmd pgp
 timeout 120 "$PG" -i "vhost-user-packed:$WORK/v.sock" -f tx -n 50000 -w 1 -R 200000 > "$WORK/ptxv.out" 2> "$WORK/ptxv.err" || fail "packed tx to DPDK: $(tail -1 "$WORK/ptxv.err")"
-sleep 1; echo "show port stats 0" >&$TPP; sleep 1
-expect_eq "testpmd (vhost PMD, rxonly) received from pkt-gen's packed rings" "$(grep -a 'RX-packets:' "$WORK/tp-pgp.log" | tail -1 | awk '{print $2}')" 50000
-echo "quit" >&$TPP
+expect_eq "testpmd (vhost PMD, rxonly) received from pkt-gen's packed rings" "$(vhost_pmd_received pgp)" 50000
 
 # 4. TAP (pkt-gen's own) and AF_PACKET on that interface.
 TAP=vnpg$TAG
