@@ -12,14 +12,17 @@ public struct InterfaceAttachment {
     public var qemuListens: Bool
     /// Also add the interface to the domain's definition (virsh attach-device --config).
     public var persistent: Bool
+    /// Packed virtqueues for the new interface.
+    public var packed: Bool
 
-    public init(domain: String, port: String, mac: String, queues: Int, qemuListens: Bool, persistent: Bool) {
+    public init(domain: String, port: String, mac: String, queues: Int, qemuListens: Bool, persistent: Bool, packed: Bool = false) {
         self.domain = domain
         self.port = port
         self.mac = mac
         self.queues = queues
         self.qemuListens = qemuListens
         self.persistent = persistent
+        self.packed = packed
     }
 
     public struct Outcome: Equatable {
@@ -31,7 +34,7 @@ public struct InterfaceAttachment {
     public func run(connection: LibvirtConnection, reconciler: PortReconciler) throws -> Outcome {
         let (switchName, portName) = try PortSpec.parseName(port)
         let path = PortSpec.defaultSocketPath(switchName: switchName, portName: portName, in: reconciler.socketDirectory)
-        let element = LibvirtInterfaceXML(socketPath: path, mac: mac, queues: queues, qemuListens: qemuListens).element
+        let element = LibvirtInterfaceXML(socketPath: path, mac: mac, queues: queues, qemuListens: qemuListens, packed: packed).element
         let target = try connection.domain(named: domain)
         guard target.isActive else { throw AttachError("domain '\(domain)' is not running; to add the interface to its definition, use virsh attach-device --config with the XML of libvirt-xml --interface-only") }
         return try reconciler.ownership.update { owned in

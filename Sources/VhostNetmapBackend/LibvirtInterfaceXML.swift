@@ -7,12 +7,15 @@ public struct LibvirtInterfaceXML: Sendable {
     public var queues: Int
     /// libvirt mode='server': QEMU listens and the back-end connects.
     public var qemuListens: Bool
+    /// Packed virtqueues (`<driver packed='on'/>`, libvirt >= 6.3).
+    public var packed: Bool
 
-    public init(socketPath: String, mac: String, queues: Int = 1, qemuListens: Bool = false) {
+    public init(socketPath: String, mac: String, queues: Int = 1, qemuListens: Bool = false, packed: Bool = false) {
         self.socketPath = socketPath
         self.mac = mac
         self.queues = queues
         self.qemuListens = qemuListens
+        self.packed = packed
     }
 
     public static func escape(_ s: String) -> String {
@@ -30,7 +33,8 @@ public struct LibvirtInterfaceXML: Sendable {
                 : "  <source type='unix' path='\(path)' mode='client'>\n    <reconnect enabled='yes' timeout='1'/>\n  </source>",
             "  <model type='virtio'/>",
         ]
-        if queues > 1 { lines.append("  <driver queues='\(queues)'/>") }
+        let driver = (queues > 1 ? [" queues='\(queues)'"] : []) + (packed ? [" packed='on'"] : [])
+        if !driver.isEmpty { lines.append("  <driver\(driver.joined())/>") }
         lines.append("</interface>")
         return lines.joined(separator: "\n")
     }

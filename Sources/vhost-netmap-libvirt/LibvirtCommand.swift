@@ -118,6 +118,9 @@ struct Attach: ParsableCommand {
     @Flag(help: "Also add the interface to the domain's definition.")
     var persistent = false
 
+    @Flag(help: "Packed virtqueues for the interface (<driver packed='on'/>).")
+    var packed = false
+
     func validate() throws {
         do { _ = try PortSpec.parseName(port) } catch { throw ValidationError(error.description) }
         guard (1...PortSpec.maxQueuePairs).contains(queues) else { throw ValidationError("--queues must be 1...\(PortSpec.maxQueuePairs)") }
@@ -126,7 +129,7 @@ struct Attach: ParsableCommand {
 
     func run() throws {
         let attachment = InterfaceAttachment(domain: domain, port: port, mac: mac ?? DerivedMAC.forName(port), queues: queues,
-                                             qemuListens: qemuListens, persistent: persistent)
+                                             qemuListens: qemuListens, persistent: persistent, packed: packed)
         do {
             try LibvirtEventLoop.register()
             let connection = try LibvirtConnection(uri: options.uri)

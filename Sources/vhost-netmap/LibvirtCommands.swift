@@ -17,6 +17,7 @@ struct LibvirtXML: ParsableCommand {
     @Option(help: "Guest MAC address (default: derived from the port's name).") var mac: String?
     @Option(help: "Queue pairs.") var queues: Int = 1
     @Flag(help: "QEMU listens and the back-end connects (libvirt mode='server'); default: QEMU connects.") var qemuListens = false
+    @Flag(help: "Packed virtqueues (<driver packed='on'/>).") var packed = false
     @Flag(help: "Only the <interface> element (for virsh attach-device).") var interfaceOnly = false
     @Option(help: "Print a whole domain with this name.") var domain: String?
     @Option(help: "Domain memory, as for qemu-args: 256M, 1G, or MiB.") var memory = MemorySize(argument: "256M")!
@@ -37,7 +38,7 @@ struct LibvirtXML: ParsableCommand {
     var interfaceElement: String {
         let (sw, p) = try! PortSpec.parseName(port)
         let path = PortSpec.defaultSocketPath(switchName: sw, portName: p, in: socketDir ?? RunDirectory.path)
-        return LibvirtInterfaceXML(socketPath: path, mac: mac ?? DerivedMAC.forName(port), queues: queues, qemuListens: qemuListens).element
+        return LibvirtInterfaceXML(socketPath: path, mac: mac ?? DerivedMAC.forName(port), queues: queues, qemuListens: qemuListens, packed: packed).element
     }
 
     static let memoryBacking = """

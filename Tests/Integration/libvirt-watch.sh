@@ -73,9 +73,12 @@ wait_for bash -c "grep -aq 'VN: ping rc=' '$WORK/$DOM.serial.log' 2>/dev/null" |
 expect_eq "guest eth0 -> namespace 1 ping replies" "$(grep -a 'packets transmitted' "$WORK/$DOM.serial.log" | head -1 | tr -d '\r' | awk '{print $4}')" 4
 
 # Hot-plug onto vale1, which only the namespace 2 peer is on.
-"$BIN" libvirt attach "$DOM" --port vale1:hot --socket-dir "$SOCKS" --control "$WORK/control.sock" > "$WORK/attach.log" 2>&1 \
+# (with packed rings: libvirt's <driver packed='on'/> reaches QEMU and the daemon)
+"$BIN" libvirt attach "$DOM" --port vale1:hot --packed --socket-dir "$SOCKS" --control "$WORK/control.sock" > "$WORK/attach.log" 2>&1 \
   && pass "libvirt attach: $(cat "$WORK/attach.log")" || fail "attach: $(cat "$WORK/attach.log")"
 expect_eq "the hot-plugged port is owned" "$(owned)" "vale0:vm vale1:hot"
+wait_for grep -q "port=vale1:hot .*features .*packed rings" "$WORK/daemon.log" && pass "the hot-plugged interface runs packed rings" \
+  || fail "vale1:hot: $(grep 'port=vale1:hot .*features' "$WORK/daemon.log" | tail -1)"
 wait_for bash -c "grep -aq 'VN: hotplug ping rc=' '$WORK/$DOM.serial.log' 2>/dev/null" || fail "the guest never pinged through eth1"
 grep -a "VN:\|packets transmitted" "$WORK/$DOM.serial.log" | tr -d '\r' | sed 's/^/    guest: /'
 expect_eq "guest eth1 (hot-plugged) -> namespace 2 ping replies" "$(grep -a 'packets transmitted' "$WORK/$DOM.serial.log" | sed -n 2p | tr -d '\r' | awk '{print $4}')" 4

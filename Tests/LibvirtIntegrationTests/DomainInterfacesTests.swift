@@ -90,5 +90,8 @@ import VhostNetmapBackend
         let element = LibvirtInterfaceXML(socketPath: "/s/vale0/a'b.sock", mac: "52:54:00:00:00:09", queues: 2, qemuListens: true).element
         let parsed = try DomainInterfaces.parse("<domain><devices>\(element)</devices></domain>")
         #expect(parsed == [VhostUserInterface(socketPath: "/s/vale0/a'b.sock", qemuListens: true, queues: 2, mac: "52:54:00:00:00:09")])
+        let packed = LibvirtInterfaceXML(socketPath: "/s/vale0/p.sock", mac: "52:54:00:00:00:0a", packed: true).element
+        #expect(packed.contains("<driver packed='on'/>"))
+        #expect(try DomainInterfaces.parse("<domain><devices>\(packed)</devices></domain>").first?.queues == 1)
     }
 }
