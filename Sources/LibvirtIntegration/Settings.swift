@@ -2,15 +2,9 @@ import FoundationEssentials
 import Glibc
 import VhostNetmapBackend
 
-/// Where the integration finds the daemon and what it gives QEMU, with the defaults the hook
-/// uses too: SOCKET_DIR is $VHOST_NETMAP_DIR, else /run/vhost-netmap; the control socket is
-/// SOCKET_DIR/control.sock; sockets QEMU connects to get QEMU's group.
+/// What the integration gives QEMU, with the default the hook uses too: sockets QEMU connects to
+/// get QEMU's group. (Where the daemon is: `RunDirectory`, as for every command.)
 public enum IntegrationDefaults {
-    public static var socketDirectory: String {
-        let value = ProcessInfo.processInfo.environment["VHOST_NETMAP_DIR"] ?? ""
-        return value.isEmpty ? PortSpec.defaultSocketDirectory : value
-    }
-
     /// QEMU's group: `group = "..."` in /etc/libvirt/qemu.conf, else libvirt-qemu's primary
     /// group, else kvm.
     public static func qemuGroup(configuration: String = "/etc/libvirt/qemu.conf") -> String {

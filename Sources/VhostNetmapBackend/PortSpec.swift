@@ -1,3 +1,4 @@
+import FoundationEssentials
 import Netmap
 
 /// How one vhost-user device is exposed: which switch port, which socket, which mode.
@@ -165,4 +166,17 @@ public struct HostPortSpec: Sendable, Equatable {
         }
         return spec
     }
+}
+
+/// Where the daemon's sockets are, for every command: `$VHOST_NETMAP_DIR`, else
+/// /run/vhost-netmap. Ports default to `<dir>/<switch>/<port>.sock`, the control socket to
+/// `<dir>/control.sock`: `serve`, `stats`, `fdb`, `vale`, `qemu-args`, `libvirt-xml`, the libvirt
+/// hook, the libvirt watcher and scripts/run.sh all find each other without flags.
+public enum RunDirectory {
+    public static var path: String {
+        let value = ProcessInfo.processInfo.environment["VHOST_NETMAP_DIR"] ?? ""
+        return value.isEmpty ? PortSpec.defaultSocketDirectory : value
+    }
+
+    public static var controlSocket: String { "\(path)/control.sock" }
 }

@@ -148,21 +148,14 @@ extension Virtqueue {
         var scanned = 0
         scan: while scanned < limit {
             let head = descriptors + PackedRingLayout.descriptorSize * position.slot
-            var flags = Self.loadAcquire16(head + PackedRingLayout.flagsOffset)
+            let flags = Self.loadAcquire16(head + PackedRingLayout.flagsOffset)
             guard PackedRingLayout.isAvailable(flags, wrap: position.wrap) else { break }
-            var n = 1
-            while flags & DescriptorFlags.next.rawValue != 0 {
-                guard scanned &+ n < room else {
-                    if chains == 0 {
-                        markBroken("the chain at slot \(position.slot) is longer than the \(room) descriptors the ring has free")
-                        return nil
-                    }
-                    break scan
+            guard let (n, _) = packedChainExtent(at: position.slot, headFlags: flags, limit: room &- scanned) else {
+                if chains == 0 {
+                    markBroken("the chain at slot \(position.slot) is longer than the \(room) descriptors the ring has free")
+                    return nil
                 }
-                var slot = position.slot &+ n
-                if slot >= size { slot &-= size }
-                flags = Self.load16(descriptors + PackedRingLayout.descriptorSize * slot + PackedRingLayout.flagsOffset)
-                n &+= 1
+                break scan
             }
             position = position.advanced(by: n, size: size)
             chains &+= 1
@@ -182,25 +175,15 @@ extension Virtqueue {
     @inline(__always)
     func packedNextChain(writable: Bool, into segments: SegmentList) -> ChainResult? {
         let start = PackedPosition(lastAvailIndex)
-        let ring = descriptors!
-        let head = ring + PackedRingLayout.descriptorSize * start.slot
-        var flags = Self.loadAcquire16(head + PackedRingLayout.flagsOffset)
+        let head = descriptors! + PackedRingLayout.descriptorSize * start.slot
+        let flags = Self.loadAcquire16(head + PackedRingLayout.flagsOffset)
         guard PackedRingLayout.isAvailable(flags, wrap: start.wrap) else {
             markBroken("slot \(start.slot) was taken for available and is not")
             return nil
         }
-        var count = 1
-        var last = head
-        while flags & DescriptorFlags.next.rawValue != 0 {
-            guard count < size else {
-                markBroken("the chain at slot \(start.slot) runs around the whole ring")
-                return nil
-            }
-            var slot = start.slot &+ count
-            if slot >= size { slot &-= size }
-            last = ring + PackedRingLayout.descriptorSize * slot
-            flags = Self.load16(last + PackedRingLayout.flagsOffset)
-            count &+= 1
+        guard let (count, last) = packedChainExtent(at: start.slot, headFlags: flags, limit: size) else {
+            markBroken("the chain at slot \(start.slot) runs around the whole ring")
+            return nil
         }
         guard count &+ packed.inFlightDescriptors <= size else {
             markBroken("the chain at slot \(start.slot) overlaps descriptors still in flight")
@@ -222,6 +205,26 @@ extension Virtqueue {
         case .success(let length): return .chain(head: id, length: length)
         case .failure(let e): segments.count = 0; return .bad(head: id, e)
         }
+    }
+
+    /// How many ring descriptors the chain whose head (with `headFlags`) is at slot `start` spans:
+    /// up to the first without NEXT, and where that last one is. Nil when it does not end within
+    /// `limit` descriptors. Only flags are read (the head's, acquired, came with it).
+    @inline(__always)
+    private func packedChainExtent(at start: Int, headFlags: UInt16, limit: Int) -> (count: Int, last: UnsafeMutableRawPointer)? {
+        let ring = descriptors!
+        var flags = headFlags
+        var count = 1
+        var last = ring + PackedRingLayout.descriptorSize * start
+        while flags & DescriptorFlags.next.rawValue != 0 {
+            guard count < limit else { return nil }
+            var slot = start &+ count
+            if slot >= size { slot &-= size }
+            last = ring + PackedRingLayout.descriptorSize * slot
+            flags = Self.load16(last + PackedRingLayout.flagsOffset)
+            count &+= 1
+        }
+        return (count, last)
     }
 
     private func packedWalk(start: Int, count: Int, writable: Bool, into segments: SegmentList) -> Result<Int, ChainError> {

@@ -41,7 +41,7 @@ struct IntegrationOptions: ParsableArguments {
     var stateDir: String?
 
     func reconciler() -> PortReconciler {
-        let directory = socketDir ?? IntegrationDefaults.socketDirectory
+        let directory = socketDir ?? RunDirectory.path
         return PortReconciler(
             socketDirectory: directory, socketGroup: socketGroup ?? IntegrationDefaults.qemuGroup(),
             control: ControlSocket(path: control ?? "\(directory)/control.sock"),

@@ -4,19 +4,6 @@ import Glibc
 import VhostSystem
 import VhostNetmapBackend
 
-/// Where the daemon's sockets are, for every command: `$VHOST_NETMAP_DIR`, else
-/// /run/vhost-netmap. Ports default to `<dir>/<switch>/<port>.sock`, the control socket to
-/// `<dir>/control.sock`: `serve`, `stats`, `fdb`, `vale`, `qemu-args`, `libvirt-xml`, the libvirt
-/// hook and scripts/run.sh all find each other without flags.
-enum RunDirectory {
-    static var path: String {
-        let value = ProcessInfo.processInfo.environment["VHOST_NETMAP_DIR"] ?? ""
-        return value.isEmpty ? PortSpec.defaultSocketDirectory : value
-    }
-
-    static var controlSocket: String { "\(path)/control.sock" }
-}
-
 /// The running daemon's control socket, for the commands that talk to it.
 struct ControlSocketOption: ParsableArguments {
     @Option(name: .customLong("control"), help: "The daemon's control socket (default: $VHOST_NETMAP_DIR/control.sock, /run/vhost-netmap/control.sock).")
