@@ -3,6 +3,7 @@
 #endif
 #include "CVhostShim.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <string.h>
@@ -25,6 +26,7 @@ const unsigned int CVH_MFD_ALLOW_SEALING = MFD_ALLOW_SEALING;
 int cvh_eventfd(unsigned int initval, int flags) { return CVH_RESULT(eventfd(initval, flags)); }
 int cvh_memfd_create(const char *name, unsigned int flags) { return CVH_RESULT(memfd_create(name, flags)); }
 int cvh_signalfd(int fd, const sigset_t *mask, int flags) { return CVH_RESULT(signalfd(fd, mask, flags)); }
+int cvh_seal_against_shrinking(int fd) { return CVH_RESULT(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW)); }
 
 int cvh_block_signals(const int *signals, int count) {
     sigset_t set;

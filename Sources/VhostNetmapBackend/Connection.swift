@@ -78,6 +78,8 @@ final class Connection {
             switch try device.handle(m) {
             case .reply(let payload):
                 try send(MessageReader.reply(to: m.header.request, payload: payload))
+            case .replyWithDescriptor(let payload, let descriptor):
+                try send(MessageReader.reply(to: m.header.request, payload: payload), descriptors: [descriptor.rawValue])
             case .none:
                 if ackWanted { try send(MessageReader.reply(to: m.header.request, payload: ack(0))) }
             }
@@ -99,7 +101,7 @@ final class Connection {
 
     private func ack(_ v: UInt64) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
 
-    private func send(_ bytes: [UInt8]) throws {
-        try bytes.withUnsafeBytes { try UnixSocket.send(socket.rawValue, $0) }
+    private func send(_ bytes: [UInt8], descriptors: [CInt] = []) throws {
+        try bytes.withUnsafeBytes { try UnixSocket.send(socket.rawValue, $0, descriptors: descriptors) }
     }
 }

@@ -32,7 +32,7 @@ public final class VhostNetDevice: @unchecked Sendable {
         .netCSUM, .netGuestCSUM, .netGuestTSO4, .netGuestTSO6, .netGuestECN, .netGuestUFO,
         .netHostTSO4, .netHostTSO6, .netHostECN, .netHostUFO,
     ]
-    public static let offeredProtocolFeatures: ProtocolFeatures = [.mq, .logSHMFD, .replyAck, .rarp, .mtu, .resetDevice, .configureMemSlots, .status]
+    public static let offeredProtocolFeatures: ProtocolFeatures = [.mq, .logSHMFD, .replyAck, .rarp, .mtu, .inflightSHMFD, .resetDevice, .configureMemSlots, .status]
 
     public let name: String
     public let queuePairs: Int
@@ -59,6 +59,8 @@ public final class VhostNetDevice: @unchecked Sendable {
     var dirtyLog: DirtyLog?
     /// SET_LOG_FD's eventfd: kept, as the spec has it; QEMU's vhost-user never sends one.
     private var logDescriptor: OwnedDescriptor?
+    /// INFLIGHT_SHMFD's buffer (GET/SET_INFLIGHT_FD); rings that start take their region of it.
+    var inflight: InflightRegion?
     /// The status byte the front-end last set (SET_STATUS), as GET_STATUS reports it.
     private(set) var status: DeviceStatus = []
 
@@ -92,6 +94,7 @@ public final class VhostNetDevice: @unchecked Sendable {
     public enum Response {
         case none
         case reply([UInt8])
+        case replyWithDescriptor([UInt8], OwnedDescriptor)
     }
 
     /// Handles one message: decoded (`DeviceRequest`, which checks the framing), then applied.
@@ -190,7 +193,10 @@ public final class VhostNetDevice: @unchecked Sendable {
                 }
                 v.started = true
                 try attach(p.index)
-                if starting { resynchroniseIfTheBaseCannotBeRight(Int(p.index)) }
+                if starting {
+                    startInflightTracking(Int(p.index))
+                    resynchroniseIfTheBaseCannotBeRight(Int(p.index))
+                }
             }
             logger.info("ring \(p.index) started (size \(v.size), base \(v.base)\(p.noDescriptor ? ", polled" : ""))")
         case .setVringCall(let p, let descriptor):
@@ -234,6 +240,10 @@ public final class VhostNetDevice: @unchecked Sendable {
         case .getStatus:
             guard protocolFeatures.contains(.status) else { throw .notNegotiated(.status) }
             return .reply(u64(UInt64(status.rawValue)))
+        case .getInflightFD(let wanted):
+            return try getInflightBuffer(wanted)
+        case .setInflightFD(let given, let descriptor):
+            try setInflightBuffer(given, descriptor)
         case .unsupported:
             preconditionFailure("refused by handle(_:)")
         }
@@ -312,6 +322,7 @@ public final class VhostNetDevice: @unchecked Sendable {
             protocolFeaturesNegotiated = false
             status = []
             dirtyLog = nil
+            inflight = nil
             logDescriptor = nil
             port.pendingAnnouncement = nil
             vale.learning.forget(port: portIndex)

@@ -124,6 +124,15 @@ public enum MemFD {
         _ = try Posix.check(ftruncate(fd.rawValue, off_t(size)))
         return fd
     }
+
+    /// A memfd whose size is then sealed (F_SEAL_SHRINK|F_SEAL_GROW): whoever else it is shared
+    /// with cannot truncate it under a mapping, which would fault.
+    public static func makeSealed(name: String, size: Int) throws(Errno) -> OwnedDescriptor {
+        let fd = OwnedDescriptor(adopting: try Posix.checkShim(cvh_memfd_create(name, CVH_MFD_CLOEXEC | CVH_MFD_ALLOW_SEALING)))
+        _ = try Posix.check(ftruncate(fd.rawValue, off_t(size)))
+        _ = try Posix.checkShim(cvh_seal_against_shrinking(fd.rawValue))
+        return fd
+    }
 }
 
 /// A shared mapping of a descriptor, unmapped when released.

@@ -89,6 +89,41 @@ public final class VhostUserFrontEnd {
         return try readExactly(Int(h.size))
     }
 
+    /// GET_INFLIGHT_FD: the back-end's inflight buffer for `queues` queues of `size` entries,
+    /// its description and descriptor (kept by the front-end and handed back after a reconnect).
+    public func getInflightBuffer(queues: UInt16, size: UInt16) throws(FrontEndError) -> (InflightBufferDescription, OwnedDescriptor) {
+        let wanted = InflightBufferDescription(mmapSize: 0, mmapOffset: 0, queueCount: queues, queueSize: size)
+        let request = VhostUserRequest.getInflightFD
+        try sendRaw(MessageHeader(request: request.rawValue, flags: MessageHeader.version, size: UInt32(InflightBufferDescription.byteCount)).encoded()
+                    + wanted.encoded())
+        // The descriptor comes with the reply's first bytes: read them with recvmsg.
+        var pfd = pollfd(fd: socket.rawValue, events: Int16(POLLIN), revents: 0)
+        guard poll(&pfd, 1, Int32(replyTimeoutMilliseconds)) > 0 else { throw .timeout }
+        let total = MessageHeader.byteCount + InflightBufferDescription.byteCount
+        var bytes = [UInt8](repeating: 0, count: total)
+        let fd = socket.rawValue
+        let outcome: Result<UnixSocket.Received?, Errno> = bytes.withUnsafeMutableBytes { b in
+            Result { () throws(Errno) in try UnixSocket.receive(fd, into: b, maxDescriptors: 1) }
+        }
+        let received: UnixSocket.Received?
+        switch outcome {
+        case .success(let r): received = r
+        case .failure(let e): throw .system(e.rawValue)
+        }
+        guard let received, received.byteCount > 0 else { throw .closed }
+        if received.byteCount < total { bytes.replaceSubrange(received.byteCount..<total, with: try readExactly(total - received.byteCount)) }
+        let h = bytes.withUnsafeBytes { MessageHeader($0) }
+        guard h.flags == MessageHeader.replyFlag | MessageHeader.version, h.request == request.rawValue,
+              Int(h.size) == InflightBufferDescription.byteCount else { throw .badReply("GET_INFLIGHT_FD reply header \(h)") }
+        guard let descriptor = received.descriptors.first else { throw .badReply("GET_INFLIGHT_FD reply without a descriptor") }
+        return (bytes[MessageHeader.byteCount...].withUnsafeBytes { InflightBufferDescription($0) }, descriptor)
+    }
+
+    /// SET_INFLIGHT_FD: hands a kept inflight buffer (back) to the back-end.
+    public func setInflightBuffer(_ d: InflightBufferDescription, descriptor: CInt) throws(FrontEndError) {
+        try send(.setInflightFD, d.encoded(), descriptors: [descriptor])
+    }
+
     private func readExactly(_ count: Int) throws(FrontEndError) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: count)
         var filled = 0

@@ -144,3 +144,33 @@ public struct LogRegion: Equatable, Sendable {
     }
     public func encoded() -> [UInt8] { [size, offset].flatMap { withUnsafeBytes(of: $0.littleEndian) { Array($0) } } }
 }
+
+/// GET/SET_INFLIGHT_FD's payload: the inflight buffer's size and offset in its file, and the
+/// queues it covers (QEMU's VhostUserInflight, 24 bytes with its tail padding).
+public struct InflightBufferDescription: Equatable, Sendable {
+    public static let byteCount = 24
+    public var mmapSize: UInt64
+    public var mmapOffset: UInt64
+    public var queueCount: UInt16
+    public var queueSize: UInt16
+    public init(mmapSize: UInt64, mmapOffset: UInt64, queueCount: UInt16, queueSize: UInt16) {
+        self.mmapSize = mmapSize
+        self.mmapOffset = mmapOffset
+        self.queueCount = queueCount
+        self.queueSize = queueSize
+    }
+    public init(_ p: UnsafeRawBufferPointer) {
+        self.init(mmapSize: p.loadUnaligned(as: UInt64.self), mmapOffset: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self),
+                  queueCount: p.loadUnaligned(fromByteOffset: 16, as: UInt16.self), queueSize: p.loadUnaligned(fromByteOffset: 18, as: UInt16.self))
+    }
+    public func encoded() -> [UInt8] {
+        var out = [UInt8]()
+        out.reserveCapacity(Self.byteCount)
+        out.appendLittleEndian(mmapSize)
+        out.appendLittleEndian(mmapOffset)
+        out.appendLittleEndian(queueCount)
+        out.appendLittleEndian(queueSize)
+        out.append(contentsOf: [0, 0, 0, 0])
+        return out
+    }
+}

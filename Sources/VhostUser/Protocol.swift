@@ -106,6 +106,7 @@ public struct ProtocolFeatures: OptionSet, Sendable, Hashable {
     public static let backendReq = ProtocolFeatures(rawValue: 1 << 5)
     public static let crossEndian = ProtocolFeatures(rawValue: 1 << 6)
     public static let config = ProtocolFeatures(rawValue: 1 << 9)
+    public static let inflightSHMFD = ProtocolFeatures(rawValue: 1 << 12)
     public static let resetDevice = ProtocolFeatures(rawValue: 1 << 13)
     public static let configureMemSlots = ProtocolFeatures(rawValue: 1 << 15)
     public static let status = ProtocolFeatures(rawValue: 1 << 16)

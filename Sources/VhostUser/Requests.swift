@@ -75,6 +75,11 @@ extension VhostUserRequest {
             return RequestRule(payload: .exact(LogRegion.byteCount), descriptors: .one, replies: true, pausesDataPath: true)
         case .setLogFD:
             return RequestRule(payload: .exact(0), descriptors: .one, replies: false, pausesDataPath: false)
+        case .getInflightFD:
+            // Replies with the buffer's description and its descriptor.
+            return RequestRule(payload: .exact(InflightBufferDescription.byteCount), descriptors: .none, replies: true, pausesDataPath: false)
+        case .setInflightFD:
+            return RequestRule(payload: .exact(InflightBufferDescription.byteCount), descriptors: .one, replies: false, pausesDataPath: true)
         case .getConfig, .setConfig:
             return RequestRule(payload: .config, descriptors: .none, replies: false, pausesDataPath: false)
         default:
@@ -112,6 +117,8 @@ public enum DeviceRequest {
     case getMaxMemorySlots
     case addMemoryRegion(MemoryRegionDescription, OwnedDescriptor)
     case removeMemoryRegion(MemoryRegionDescription)
+    case getInflightFD(InflightBufferDescription)
+    case setInflightFD(InflightBufferDescription, OwnedDescriptor)
     case unsupported(VhostUserRequest)
 
     public init(_ m: VhostUserMessage) throws(ProtocolError) {
@@ -145,6 +152,8 @@ public enum DeviceRequest {
         case .getMaxMemSlots: self = .getMaxMemorySlots
         case .addMemReg: self = .addMemoryRegion(m.withPayload { SingleMemoryRegion($0) }.region, m.descriptors[0])  // validated: one
         case .remMemReg: self = .removeMemoryRegion(m.withPayload { SingleMemoryRegion($0) }.region)
+        case .getInflightFD: self = .getInflightFD(m.withPayload { InflightBufferDescription($0) })
+        case .setInflightFD: self = .setInflightFD(m.withPayload { InflightBufferDescription($0) }, m.descriptors[0])  // validated: one
         default: self = .unsupported(m.request)
         }
     }
@@ -180,6 +189,8 @@ public enum Refusal: Error, Equatable, Sendable, CustomStringConvertible {
     case memorySlotsFull(max: Int)
     /// REM_MEM_REG of a region that is not mapped.
     case noSuchRegion(MemoryRegionDescription)
+    /// An inflight buffer the back-end cannot use (Virtio's reason).
+    case inflight(String)
 
     public var description: String {
         switch self {
@@ -205,6 +216,7 @@ public enum Refusal: Error, Equatable, Sendable, CustomStringConvertible {
         case .statusNotAByte(let v): "device status 0x\(String(v, radix: 16)) does not fit 8 bits"
         case .dirtyLog(let why): why
         case .memorySlotsFull(let max): "all \(max) memory slots are in use"
+        case .inflight(let why): why
         case .noSuchRegion(let r): "no mapped region at guest address 0x\(String(r.guestPhysicalAddress, radix: 16)), user address 0x\(String(r.userAddress, radix: 16)), size 0x\(String(r.size, radix: 16))"
         }
     }

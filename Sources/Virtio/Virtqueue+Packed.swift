@@ -282,9 +282,17 @@ extension Virtqueue {
         p.storeBytes(of: length.littleEndian, toByteOffset: PackedRingLayout.lengthOffset, as: UInt32.self)
         p.storeBytes(of: id.littleEndian, toByteOffset: PackedRingLayout.idOffset, as: UInt16.self)
         let flags = position.wrap ? PackedRingLayout.availFlag | PackedRingLayout.usedFlag : 0
+        let next = position.advanced(by: n, size: size)
+        // Inflight tracking: the position is begun before the descriptor is published and
+        // committed after, so a restarted back-end tells a finished use from an unfinished one.
+        inflight?.packedBeginUse(next)
         Self.storeRelease16(p + PackedRingLayout.flagsOffset, flags)
+        if let q = inflight {
+            atomicMemoryFence(ordering: .releasing)
+            q.packedCommitUse(next)
+        }
         if isLogging { logWritten(at: p, length: PackedRingLayout.descriptorSize) }
-        usedIndex = position.advanced(by: n, size: size).encoded
+        usedIndex = next.encoded
     }
 
     /// The driver's event suppression: ENABLE, DISABLE, or (with EVENT_IDX) DESC with the used

@@ -91,6 +91,12 @@ public final class Virtqueue: @unchecked Sendable {
     /// Set when used elements were added outside a delivery (a refused chain) and need publishing.
     public var usedIndexDirty = false
     /// Set when the guest broke the ring (bad avail index or head): nothing more is done with it.
+    /// INFLIGHT_SHMFD: this ring's region (and what keeps it mapped), the fetch counter and the
+    /// heads used since the last publish.
+    var inflight: InflightQueue?
+    var inflightRegion: InflightRegion?
+    var inflightCounter: UInt64 = 0
+    var inflightBatch = 0
     public private(set) var broken = false
     public private(set) var brokenReason: String?
     /// Set once the owner has reported the breakage (log line, error eventfd), so it is reported once.
@@ -197,6 +203,8 @@ public final class Virtqueue: @unchecked Sendable {
         used = nil
         memory = nil
         size = 0
+        inflight = nil
+        inflightRegion = nil
         clearBroken()
     }
 
@@ -267,6 +275,7 @@ public final class Virtqueue: @unchecked Sendable {
             markBroken("avail ring entry \(slot) names head \(head) on a ring of \(size)")
             return nil
         }
+        inflightTake(head: head)
         segments.count = 0
         switch walk(head: head, writable: writable, into: segments) {
         case .success(let length): return .chain(head: head, length: length)
@@ -313,6 +322,7 @@ public final class Virtqueue: @unchecked Sendable {
     public func rewind(_ count: Int) {
         if format == .packed { return packedRewind(count) }
         lastAvailIndex &-= UInt16(truncatingIfNeeded: count)
+        inflightUntake(count)
     }
 
     /// Writes one used element; it becomes visible to the guest at `publishUsed()`.
@@ -324,6 +334,7 @@ public final class Virtqueue: @unchecked Sendable {
         e.storeBytes(of: UInt32(head).littleEndian, as: UInt32.self)
         e.storeBytes(of: length.littleEndian, toByteOffset: 4, as: UInt32.self)
         usedIndex &+= 1
+        inflightUsed(head: head)
     }
 
     /// Makes the used elements written so far visible (store-release of used->idx).
@@ -331,6 +342,7 @@ public final class Virtqueue: @unchecked Sendable {
     public func publishUsed() {
         if format == .packed { return }  // each used descriptor was published as it was written
         Self.storeRelease16(used! + SplitRingLayout.usedIndexOffset, usedIndex)
+        inflightCommit()
         if isLogging { logUsedRing() }
     }
 

@@ -7,16 +7,21 @@ import VhostSystem
 import VhostUser
 import Virtio
 
+struct InflightReplyMissing: Error {}
+
 /// A guest whose rings are packed, talking to a device through `handle` like `TestGuest`.
 final class PackedGuest {
     let memory: DriverMemory
-    let device: VhostNetDevice
+    var device: VhostNetDevice
     let rx: PackedDriverQueue
     let tx: PackedDriverQueue
     var kicks: [OwnedDescriptor] = []
     var calls: [OwnedDescriptor] = []
     let mac: [UInt8]
     let headerLength = 12
+    /// INFLIGHT_SHMFD: asked for at the first start, handed back at every start after.
+    var keepsInflightBuffer = false
+    var inflightBuffer: (InflightBufferDescription, OwnedDescriptor)?
 
     init(_ name: String, on vale: VALESwitch, mac last: UInt8, ringSize: Int = 10) throws {
         memory = try DriverMemory(size: 16 << 20)
@@ -36,6 +41,19 @@ final class PackedGuest {
         let r = memory.regionSpec
         let region = MemoryRegionDescription(guestPhysicalAddress: r.guestPhysicalAddress.value, size: r.size, userAddress: r.userAddress.value, mmapOffset: 0)
         try handle(message(.setMemTable, MemoryTable(regions: [region]).encoded(), fds: [memory.descriptor]))
+        if keepsInflightBuffer {
+            if inflightBuffer == nil {
+                let wanted = InflightBufferDescription(mmapSize: 0, mmapOffset: 0, queueCount: 2, queueSize: UInt16(rx.size))
+                guard case .replyWithDescriptor(let bytes, let fd) = try handle(message(.getInflightFD, wanted.encoded())) else {
+                    throw InflightReplyMissing()
+                }
+                inflightBuffer = (bytes.withUnsafeBytes { InflightBufferDescription($0) }, fd)
+            }
+            let (d, fd) = inflightBuffer!
+            try handle(message(.setInflightFD, d.encoded(), fds: [fd]))
+        }
+        kicks = []
+        calls = []
         for (index, q) in [rx, tx].enumerated() {
             let kick = try EventFD.make(), call = try EventFD.make()
             kicks.append(kick)

@@ -14,6 +14,8 @@
 int cvh_eventfd(unsigned int initval, int flags);
 int cvh_memfd_create(const char *name, unsigned int flags);
 int cvh_signalfd(int fd, const sigset_t *mask, int flags);
+/// Seals a memfd against shrinking and growing (F_SEAL_SHRINK|F_SEAL_GROW): a mapping of it cannot fault.
+int cvh_seal_against_shrinking(int fd);
 int cvh_block_signals(const int *signals, int count);
 int cvh_set_thread_name(const char *name);
 int cvh_pin_thread(int cpu);

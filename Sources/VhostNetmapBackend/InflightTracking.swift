@@ -1,0 +1,64 @@
+import VhostSystem
+import VhostUser
+import Virtio
+
+// INFLIGHT_SHMFD: the buffer in which rings record the chains they have taken and not used, kept
+// by the front-end across back-end restarts (GET_INFLIGHT_FD hands it out, SET_INFLIGHT_FD back).
+extension VhostNetDevice {
+    /// GET_INFLIGHT_FD: a new buffer for the queues the front-end names (at most this device's).
+    func getInflightBuffer(_ wanted: InflightBufferDescription) throws(Refusal) -> Response {
+        guard protocolFeatures.contains(.inflightSHMFD) else { throw .notNegotiated(.inflightSHMFD) }
+        let made: (InflightRegion, OwnedDescriptor, InflightRegion.Description)
+        do {
+            made = try InflightRegion.allocate(queueCount: Int(wanted.queueCount), queueSize: Int(wanted.queueSize), maxQueues: vrings.count)
+        } catch {
+            throw .inflight(error.description)
+        }
+        let (region, descriptor, d) = made
+        withDatapathPaused { inflight = region }
+        logger.info("inflight buffer for \(d.queueCount) queue(s) of \(d.queueSize), \(d.mmapSize) bytes")
+        let reply = InflightBufferDescription(mmapSize: d.mmapSize, mmapOffset: d.mmapOffset, queueCount: d.queueCount, queueSize: d.queueSize)
+        return .replyWithDescriptor(reply.encoded(), descriptor)
+    }
+
+    /// SET_INFLIGHT_FD: the buffer a front-end kept, checked against its file before it is mapped.
+    func setInflightBuffer(_ given: InflightBufferDescription, _ descriptor: OwnedDescriptor) throws(Refusal) {
+        guard protocolFeatures.contains(.inflightSHMFD) else { throw .notNegotiated(.inflightSHMFD) }
+        let d = InflightRegion.Description(mmapSize: given.mmapSize, mmapOffset: given.mmapOffset,
+                                           queueCount: given.queueCount, queueSize: given.queueSize)
+        let region: InflightRegion
+        do {
+            region = try InflightRegion(descriptor: descriptor.rawValue, description: d, maxQueues: vrings.count)
+        } catch {
+            throw .inflight(error.description)
+        }
+        withDatapathPaused { inflight = region }
+        logger.info("inflight buffer set: \(d.queueCount) queue(s) of \(d.queueSize)")
+    }
+
+    /// A starting ring takes its region and its position from it (datapath paused).
+    func startInflightTracking(_ index: Int) {
+        assertPaused()
+        guard let region = inflight else { return }
+        let q = port.queues[index]
+        guard q.isAttached else { return }
+        guard let view = region.queue(index, ringSize: q.size) else {
+            logger.warning("ring \(index) (size \(q.size)) is not covered by the inflight buffer (\(region.queueCount) queue(s) of \(region.queueSize)): it runs untracked")
+            return
+        }
+        let base = q.lastAvailIndex
+        let recovery = q.startInflightTracking(view, region: region)
+        switch recovery {
+        case .fresh:
+            logger.debug("ring \(index): \(recovery)")
+        case .reinitialised:
+            logger.warning("ring \(index): \(recovery)")
+        case .splitResumed(let used, let n, let agrees, _):
+            if used != base || n > 0 || !agrees {
+                logger.notice("ring \(index): base \(base), \(recovery)")
+            }
+        case .packedResumed(let position, _, _):
+            if position.encoded != base { logger.notice("ring \(index): base \(PackedPosition(base)) from the front-end; \(recovery)") }
+        }
+    }
+}
