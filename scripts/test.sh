@@ -56,6 +56,7 @@ if [ -z "${SKIP_INTEGRATION:-}" ]; then
   run Tests/Integration/testpmd-switching.sh ",packed_vq=1,in_order=1,queue_size=256" 2
   run Tests/Integration/testpmd-switching.sh ",in_order=0,mrg_rxbuf=0"
   run Tests/Integration/backend-restart.sh 5
+  run Tests/Integration/inflight-restart.sh 20
   run Tests/Integration/frontend-churn.sh 1000
   run Tests/Integration/host-port.sh
   run Tests/Integration/vale-ctl.sh

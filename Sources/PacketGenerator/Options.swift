@@ -133,7 +133,8 @@ public struct Options: Equatable, Sendable {
         usage: pkt-gen -i IFACE [-f tx|rx|ping|pong] [-n COUNT] [-l LEN [-l MINLEN]] [-b BURST] [-R PPS]
                        [-s IP[:PORT]] [-d IP[:PORT]] [-S MAC] [-D MAC] [-T MS] [-w SECS] [-N] [-W] [-H 0|10|12]
           IFACE: vhost-user:/path.sock (a vhost-user front-end of our own; vhost-user-packed: for packed
-                 rings), tap:NAME or tapNAME (TAP),
+                 rings; ,reconnect after the path: reconnect when the back-end goes, keeping the
+                 rings and the back-end's inflight buffer), tap:NAME or tapNAME (TAP),
                  valeX:Y or netmap:IF (netmap, needs /dev/netmap), anything else: AF_PACKET (PACKET_MMAP)
         """
 }

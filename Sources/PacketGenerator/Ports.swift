@@ -24,11 +24,14 @@ public protocol PacketPort: AnyObject {
     /// Waits (at most `milliseconds`) until the peer has taken every queued frame, so that
     /// closing the interface loses nothing that was counted as sent.
     func drain(milliseconds: Int)
+    /// What the interface's connection went through, printed after the summary (vhost-user).
+    var connectionReport: String? { get }
 }
 
 extension PacketPort {
     public var receiveDrops: UInt64? { nil }
     public func drain(milliseconds: Int) {}
+    public var connectionReport: String? { nil }
 }
 
 public struct PortError: Error, CustomStringConvertible {
@@ -42,8 +45,13 @@ func waitReadable(_ fd: CInt, milliseconds: Int32) {
 }
 
 public func openPort(_ name: String, options: Options) throws -> PacketPort {
-    if name.hasPrefix("vhost-user:") { return try VhostUserPort(path: String(name.dropFirst(11))) }
-    if name.hasPrefix("vhost-user-packed:") { return try VhostUserPort(path: String(name.dropFirst(18)), packed: true) }
+    for (prefix, packed) in [("vhost-user:", false), ("vhost-user-packed:", true)] where name.hasPrefix(prefix) {
+        // PATH[,reconnect]: a front-end that outlives its back-end (QEMU's reconnect=1).
+        var path = String(name.dropFirst(prefix.count))
+        let reconnect = path.hasSuffix(",reconnect")
+        if reconnect { path.removeLast(",reconnect".count) }
+        return try VhostUserPort(path: path, packed: packed, reconnect: reconnect)
+    }
     if name.hasPrefix("tap:") { return try TapPlainPort(name: String(name.dropFirst(4))) }
     if name.hasPrefix("tap") { return try TapPlainPort(name: name) }
     if name.hasPrefix("vale") || name.hasPrefix("netmap:") {

@@ -1,3 +1,4 @@
+import Logging
 import VhostSystem
 import VhostUser
 import Virtio
@@ -54,11 +55,11 @@ extension VhostNetDevice {
         case .reinitialised:
             logger.warning("ring \(index): \(recovery)")
         case .splitResumed(let used, let n, let agrees, _):
-            if used != base || n > 0 || !agrees {
-                logger.notice("ring \(index): base \(base), \(recovery)")
-            }
+            let level: Logger.Level = used != base || n > 0 || !agrees ? .notice : .info
+            logger.log(level: level, "ring \(index): base \(base) from the front-end; \(recovery)")
         case .packedResumed(let position, _, _):
-            if position.encoded != base { logger.notice("ring \(index): base \(PackedPosition(base)) from the front-end; \(recovery)") }
+            let level: Logger.Level = position.encoded != base ? .notice : .info
+            logger.log(level: level, "ring \(index): base \(PackedPosition(base)) from the front-end; \(recovery)")
         }
     }
 }

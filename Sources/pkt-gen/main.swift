@@ -30,3 +30,4 @@ do {
 }
 emit(2, "\(Report.stamp()) main [2600] interface is \(options.interface), function \(options.function.rawValue), \(options.count == 0 ? "unlimited" : String(options.count)) packets of \(options.length) bytes, burst \(options.effectiveBurst)")
 emit(1, Runner(options: options, port: port, log: { emit(2, $0) }).run())
+if let report = port.connectionReport { emit(2, "\(Report.stamp()) main [2600] \(report)") }
