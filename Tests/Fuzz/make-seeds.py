@@ -32,6 +32,21 @@ startup = (message(3) + message(1) + message(15) + message(16, u64(0x1 | 0x8 | 0
 # sends them without; the fuzzer finds the variants.
 put("FuzzFraming", "startup", startup)
 put("FuzzFraming", "features", message(1) + message(2, u64(1 << 32)))
+# Inflight tracking: INFLIGHT_SHMFD negotiated, GET_INFLIGHT_FD, then SET_INFLIGHT_FD with the guest
+# memory file as the buffer (its top bits 01: one descriptor) for 4 queues of 256 entries, then
+# the ring set up and started over it (SET_VRING_KICK with an eventfd would need 2 descriptors:
+# polled, 0x100).
+stride = (32 + 32 * 256 + 63) // 64 * 64
+inflight = struct.pack("<QQHHI", 4 * stride, 0, 4, 256, 0)
+set_inflight = bytearray(message(32, inflight))
+set_inflight[0] |= 0x40
+set_mem = bytearray(message(5, struct.pack("<II", 1, 0) + struct.pack("<QQQQ", 0, 1 << 20, 0x7f0000000000, 0)))
+set_mem[0] |= 0x40
+put("FuzzFraming", "inflight", message(3) + message(1) + message(15) + message(16, u64(0x1 | 0x8 | 0x1000))
+    + message(2, u64((1 << 32) | (1 << 30) | (1 << 34))) + bytes(set_mem) + message(31, inflight) + bytes(set_inflight)
+    + message(8, struct.pack("<II", 1, 16)) + message(10, struct.pack("<II", 1, 0x8000))
+    + message(9, struct.pack("<IIQQQQ", 1, 0, 0x7f0000000000 + 0x40000, 0x7f0000000000 + 0x41000, 0x7f0000000000 + 0x42000, 0))
+    + message(12, u64(1 | 0x100)))
 
 # A ring of 8 with two chains: head 0 (two descriptors, next) and head 2 (one writable).
 desc = bytearray(4096)
