@@ -126,6 +126,8 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
         q.prefetch(upTo: 2 &* n, writable: false)
         let hdrLen = headerLength
         let queuePair = q.index >> 1
+        // IN_ORDER: the batch's chains share one used element (written at publishUsed).
+        let inOrder = features.contains(.inOrder)
         var taken = 0
         while taken < n {
             guard let result = q.nextChain(writable: false, into: txSegments) else {
@@ -133,11 +135,12 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
                 break
             }
             taken &+= 1
+            let head: UInt16
             switch result {
-            case .bad(let head, _):
+            case .bad(let h, _):
                 vale.countBadDescriptor(from: portIndex)
-                q.addUsed(head: head, length: 0)
-            case .chain(let head, let length):
+                head = h
+            case .chain(let h, let length):
                 if length < hdrLen {
                     vale.countBadDescriptor(from: portIndex)
                 } else {
@@ -145,8 +148,9 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
                     vale.forward(Frame(header: header, segments: txSegments.storage, segmentCount: txSegments.count,
                                        offset: hdrLen, length: length &- hdrLen, queuePair: queuePair), from: portIndex)
                 }
-                q.addUsed(head: head, length: 0)
+                head = h
             }
+            if inOrder { q.foldUsed(head: head) } else { q.addUsed(head: head, length: 0) }
         }
         q.publishUsed()
         notify(q)

@@ -54,6 +54,10 @@ public final class DriverQueue: @unchecked Sendable {
     private var chainLength: [Int]
     public private(set) var availIndex: UInt16 = 0
     public private(set) var lastUsedIndex: UInt16 = 0
+    /// VIRTIO_F_IN_ORDER negotiated: the device may write one used element for a batch (the
+    /// last buffer's id, at the batch's first slot), so heads are remembered in ring order.
+    public var inOrder = false
+    private var headsInOrder = InOrderHeads()
 
     public init(size: Int, memory: DriverMemory) {
         precondition(size > 0 && size <= 32768 && size & (size - 1) == 0)
@@ -122,6 +126,7 @@ public final class DriverQueue: @unchecked Sendable {
         let slot = memory.host(availRing) + 4 + 2 * (Int(availIndex) & (size - 1))
         slot.storeBytes(of: head.littleEndian, as: UInt16.self)
         availIndex &+= 1
+        if inOrder { headsInOrder.push(head) }
     }
 
     /// Makes everything added so far visible to the device (store-release of avail->idx).
@@ -161,8 +166,13 @@ public final class DriverQueue: @unchecked Sendable {
         var n = 0
         while lastUsedIndex != end && n < max {
             let e = memory.host(usedRing) + 4 + 8 * (Int(lastUsedIndex) & (size - 1))
-            body(UInt16(truncatingIfNeeded: UInt32(littleEndian: e.load(as: UInt32.self))),
-                 UInt32(littleEndian: e.load(fromByteOffset: 4, as: UInt32.self)))
+            let id = UInt16(truncatingIfNeeded: UInt32(littleEndian: e.load(as: UInt32.self)))
+            let length = UInt32(littleEndian: e.load(fromByteOffset: 4, as: UInt32.self))
+            if inOrder, let head = headsInOrder.take(batchElement: (id, length)) {
+                body(head.id, head.length)
+            } else {
+                body(id, length)
+            }
             lastUsedIndex &+= 1
             n += 1
         }
@@ -198,4 +208,37 @@ public final class DriverQueue: @unchecked Sendable {
 
     /// EVENT_IDX: the device's avail_event.
     public var availEvent: UInt16 { Virtqueue.load16(memory.host(usedRing) + 4 + 8 * size) }
+}
+
+/// A driver's heads in the order it made them available, for IN_ORDER's folded used elements:
+/// one element (read at the batch's first position) names the batch's last head, and every
+/// head before it in ring order is used too, with length 0.
+struct InOrderHeads {
+    private var heads: [UInt16] = []
+    private var first = 0
+    private var batchLast: (id: UInt16, length: UInt32)?
+    /// Within a batch: the next heads are used without an element of their own.
+    var inBatch: Bool { batchLast != nil }
+
+    mutating func push(_ head: UInt16) {
+        if first > 1024 && first * 2 > heads.count {
+            heads.removeFirst(first)
+            first = 0
+        }
+        heads.append(head)
+    }
+
+    /// The next head used, given the element at the used position (read only at a batch's start).
+    mutating func take(batchElement element: (UInt16, UInt32)) -> (id: UInt16, length: UInt32)? {
+        guard first < heads.count else { return nil }
+        let last = batchLast ?? element
+        let head = heads[first]
+        first += 1
+        if head == last.0 {
+            batchLast = nil
+            return (head, last.1)
+        }
+        batchLast = last
+        return (head, 0)
+    }
 }

@@ -18,6 +18,10 @@ public final class PackedDriverQueue: @unchecked Sendable {
     /// Ids of raw chains (hostile tests) and their descriptor counts: not from the free list.
     private var rawChains: [UInt16: Int] = [:]
     public private(set) var freeDescriptors: Int
+    /// VIRTIO_F_IN_ORDER negotiated: one used descriptor may stand for a batch (the last
+    /// buffer's id, at the batch's first slot), so ids are remembered in ring order.
+    public var inOrder = false
+    private var idsInOrder = InOrderHeads()
 
     public init(size: Int, memory: DriverMemory) {
         precondition(size >= 1 && size <= 32768)
@@ -79,6 +83,7 @@ public final class PackedDriverQueue: @unchecked Sendable {
         availPosition = position
         descriptorsOfID[Int(id)] = buffers.count
         freeDescriptors -= buffers.count
+        if inOrder { idsInOrder.push(id) }
         return id
     }
 
@@ -98,6 +103,7 @@ public final class PackedDriverQueue: @unchecked Sendable {
         availPosition = availPosition.advanced(by: 1, size: size)
         descriptorsOfID[Int(id)] = 1
         freeDescriptors -= 1
+        if inOrder { idsInOrder.push(id) }
         return id
     }
 
@@ -111,24 +117,31 @@ public final class PackedDriverQueue: @unchecked Sendable {
     /// Takes the used descriptors the device wrote since the last call: (id, length). Each one
     /// frees its chain's descriptors and id.
     public func reapUsed() -> [(id: UInt16, length: UInt32)] {
-        var out: [(UInt16, UInt32)] = []
+        var out: [(id: UInt16, length: UInt32)] = []
         while hasUsed {
             let d = memory.host(descriptorRing) + PackedRingLayout.descriptorSize * usedPosition.slot
-            let id = Virtqueue.load16(d + PackedRingLayout.idOffset)
-            let length = UInt32(littleEndian: d.load(fromByteOffset: 8, as: UInt32.self))
-            out.append((id, length))
-            var n = 1
-            if let raw = rawChains.removeValue(forKey: id) {
-                n = raw
-            } else if Int(id) < size && descriptorsOfID[Int(id)] > 0 {
-                n = descriptorsOfID[Int(id)]
-                freeDescriptors += descriptorsOfID[Int(id)]
-                descriptorsOfID[Int(id)] = 0
-                freeIDs.append(id)
-            }
-            usedPosition = usedPosition.advanced(by: n, size: size)
+            let element = (Virtqueue.load16(d + PackedRingLayout.idOffset), UInt32(littleEndian: d.load(fromByteOffset: 8, as: UInt32.self)))
+            // In order, the element stands for every buffer up to its id: taken one by one.
+            repeat {
+                let (id, length) = inOrder ? idsInOrder.take(batchElement: element) ?? element : element
+                reclaim(id: id, length: length, into: &out)
+            } while inOrder && idsInOrder.inBatch
         }
         return out
+    }
+
+    private func reclaim(id: UInt16, length: UInt32, into out: inout [(id: UInt16, length: UInt32)]) {
+        out.append((id, length))
+        var n = 1
+        if let raw = rawChains.removeValue(forKey: id) {
+            n = raw
+        } else if Int(id) < size && descriptorsOfID[Int(id)] > 0 {
+            n = descriptorsOfID[Int(id)]
+            freeDescriptors += descriptorsOfID[Int(id)]
+            descriptorsOfID[Int(id)] = 0
+            freeIDs.append(id)
+        }
+        usedPosition = usedPosition.advanced(by: n, size: size)
     }
 
     // One-descriptor chains whose ids the caller keeps (one buffer per id, as simple drivers and
@@ -140,6 +153,7 @@ public final class PackedDriverQueue: @unchecked Sendable {
         let flags = (writable ? DescriptorFlags.write.rawValue : 0) | Self.availableFlags(availPosition)
         writeDescriptor(availPosition.slot, address: address, length: length, id: id, flags: flags)
         availPosition = availPosition.advanced(by: 1, size: size)
+        if inOrder { idsInOrder.push(id) }
     }
 
     /// Hands up to `max` used descriptors to `body` as (id, length); returns how many.
@@ -147,9 +161,11 @@ public final class PackedDriverQueue: @unchecked Sendable {
     @discardableResult
     public func takeUsed(max: Int = .max, _ body: (UInt16, UInt32) -> Void) -> Int {
         var n = 0
-        while n < max && hasUsed {
+        while n < max && (hasUsed || inOrder && idsInOrder.inBatch) {
             let d = memory.host(descriptorRing) + PackedRingLayout.descriptorSize * usedPosition.slot
-            body(Virtqueue.load16(d + PackedRingLayout.idOffset), UInt32(littleEndian: d.load(fromByteOffset: 8, as: UInt32.self)))
+            let element = (Virtqueue.load16(d + PackedRingLayout.idOffset), UInt32(littleEndian: d.load(fromByteOffset: 8, as: UInt32.self)))
+            let (id, length) = inOrder ? idsInOrder.take(batchElement: element) ?? element : element
+            body(id, length)
             usedPosition = usedPosition.advanced(by: 1, size: size)
             n += 1
         }

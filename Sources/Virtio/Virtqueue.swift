@@ -97,6 +97,8 @@ public final class Virtqueue: @unchecked Sendable {
     var inflightRegion: InflightRegion?
     var inflightCounter: UInt64 = 0
     var inflightBatch = 0
+    /// IN_ORDER: transmit chains used whose single used element is still to be written.
+    var folded = InOrderBatch()
     public private(set) var broken = false
     public private(set) var brokenReason: String?
     /// Set once the owner has reported the breakage (log line, error eventfd), so it is reported once.
@@ -205,6 +207,7 @@ public final class Virtqueue: @unchecked Sendable {
         size = 0
         inflight = nil
         inflightRegion = nil
+        folded = InOrderBatch()
         clearBroken()
     }
 
@@ -340,6 +343,7 @@ public final class Virtqueue: @unchecked Sendable {
     /// Makes the used elements written so far visible (store-release of used->idx).
     @inline(__always)
     public func publishUsed() {
+        if folded.count != 0 { writeFoldedBatch() }
         if format == .packed { return }  // each used descriptor was published as it was written
         Self.storeRelease16(used! + SplitRingLayout.usedIndexOffset, usedIndex)
         inflightCommit()

@@ -32,6 +32,8 @@ final class SocketGuest {
                                                              userAddress: s.userAddress.value, mmapOffset: 0)], descriptors: [memory.descriptor.rawValue])
         rx = DriverQueue(size: queueSize, memory: memory)
         tx = DriverQueue(size: queueSize, memory: memory)
+        rx.inOrder = features & VirtioFeatures.inOrder.rawValue != 0
+        tx.inOrder = rx.inOrder
         for (i, q) in [rx!, tx!].enumerated() {
             let a = q.addresses
             try frontEnd.startRing(index: UInt32(i), size: UInt32(queueSize),

@@ -39,6 +39,8 @@ extension TestGuest {
         for r in halves { try addRegion(r) }
         let r = DriverQueue(size: 256, memory: memory)
         let t = DriverQueue(size: 256, memory: memory)
+        r.inOrder = f.contains(.inOrder)
+        t.inOrder = f.contains(.inOrder)
         rx.append(r)
         tx.append(t)
         try startRing(0, r)

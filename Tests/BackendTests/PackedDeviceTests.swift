@@ -38,6 +38,8 @@ final class PackedGuest {
         try handle(message(.setOwner))
         try handle(message(.setProtocolFeatures, u64(VhostNetDevice.offeredProtocolFeatures.rawValue)))
         try handle(message(.setFeatures, u64(VhostNetDevice.offeredFeatures.subtracting(.logAll).rawValue)))
+        rx.inOrder = VhostNetDevice.offeredFeatures.contains(.inOrder)
+        tx.inOrder = rx.inOrder
         let r = memory.regionSpec
         let region = MemoryRegionDescription(guestPhysicalAddress: r.guestPhysicalAddress.value, size: r.size, userAddress: r.userAddress.value, mmapOffset: 0)
         try handle(message(.setMemTable, MemoryTable(regions: [region]).encoded(), fds: [memory.descriptor]))

@@ -60,6 +60,8 @@ final class TestGuest {
         for pair in 0..<pairs {
             let r = DriverQueue(size: queueSize, memory: memory)
             let t = DriverQueue(size: queueSize, memory: memory)
+            r.inOrder = f.contains(.inOrder)
+            t.inOrder = f.contains(.inOrder)
             rx.append(r)
             tx.append(t)
             try startRing(2 * pair, r)
