@@ -19,6 +19,8 @@
 # Gbit/s, the medians with their spread (min-max) and the ratios vhost-netmap / dpdk-vhost (packed
 # / dpdk-vhost, and vhost-netmap / baseline) for each frame size.
 # BENCH_DEVARGS=",in_order=0" (for instance) is added to every front-end's virtio-user devargs.
+# BENCH_PROFILE=SIZE: perf samples the daemon (call graphs) during its first split and packed
+# rounds at SIZE and prints where its cycles go (self time per function, demangled) at the end.
 # usage: bench/loop-bench.sh [SECONDS=15] [ROUNDS=3] [SIZES="64 1518"]
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -70,7 +72,14 @@ run_vhost_netmap() { # SIZE [BINARY] [FRONT-END DEVARGS]
     --port "vale0:a=$W/a.sock" --port "vale0:b=$W/b.sock" > "$W/daemon.log" 2>&1 &
   DP=$!
   for _ in $(seq 100); do [ -S "$W/b.sock" ] && break; sleep 0.05; done
+  local prof="" tag=split; [ -n "${3:-}" ] && tag=packed
+  if [ "${BENCH_PROFILE:-}" = "$1" ] && [ -z "${2:-}" ] && [ ! -f "$W/perf-$tag.data" ]; then
+    # From the measured window's start (the front-end clears its counters 7 s in) to its end.
+    ( sleep 8; perf record -F 1999 -g -p "$DP" -o "$W/perf-$tag.data" -- sleep $((SECS > 4 ? SECS - 2 : 2)) ) > /dev/null 2>&1 &
+    prof=$!
+  fi
   frontend "$W/a.sock" "$W/b.sock" "$1" "vn-$1${2:+-baseline}${3:+-packed}" "${3:-}"
+  [ -n "$prof" ] && wait "$prof"
   kill -INT $DP; wait $DP 2>/dev/null; DP=
 }
 
@@ -159,3 +168,11 @@ for size in $SIZES; do
   echo "${size}B median (spread): vhost-netmap $ma Mpps ($(spread < "$W/vn-$size.r"); $(gbps "$ma" "$size") Gbit/s) | packed $me ($se) | dpdk-vhost $mb Mpps ($(spread < "$W/dv-$size.r"); $(gbps "$mb" "$size") Gbit/s) | dpdk-vhost packed $mf ($sf) | ovs-dpdk $mc ($sc)"
   echo "${size}B ratios: vhost-netmap/dpdk-vhost $ratio | packed: vhost-netmap/dpdk-vhost $re | baseline $md Mpps ($sd), vhost-netmap/baseline $rd"
 done
+if [ -n "${BENCH_PROFILE:-}" ]; then
+  for tag in split packed; do
+    [ -f "$W/perf-$tag.data" ] || continue
+    echo "profile of vhost-netmap ($tag rings, ${BENCH_PROFILE}B): self time per function, above 1%"
+    perf report -i "$W/perf-$tag.data" --stdio --no-children --sort symbol -g none --percent-limit 1 2>/dev/null \
+      | grep -E "^ +[0-9]" | sed 's/\[[.k]\] //' | swift demangle --simplified | cut -c1-150 | head -30
+  done
+fi
