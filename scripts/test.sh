@@ -63,6 +63,7 @@ if [ -z "${SKIP_INTEGRATION:-}" ]; then
   run Tests/Integration/guest-ping.sh
   run Tests/Integration/guest-ping.sh packed
   run Tests/Integration/memory-hotplug.sh
+  run env STREAM_MIB=8 STREAM_KIBPS=1024 LOAD=1 Tests/Integration/live-migration.sh
   run Tests/Integration/qemu-restart.sh 20
   run Tests/Integration/two-guests.sh
   run Tests/Integration/pktgen.sh
