@@ -78,7 +78,7 @@ python3 -c "import struct,sys; sys.stdout.buffer.write(b''.join(struct.pack('<Q'
 SENT_SUM=$(sha256sum "$WORK/file" | cut -d' ' -f1)
 qemu src "$WORK/src.sock"
 SRC_PID=${QPIDS[0]}
-wait_for grep -aq "VN: listening" "$WORK/serial-src.log" || { fail "the guest did not come up: $(tail -3 "$WORK/serial-src.log")"; finish; exit 1; }
+wait_for grep -saq "VN: listening" "$WORK/serial-src.log" || { fail "the guest did not come up: $(tail -3 "$WORK/serial-src.log")"; finish; exit 1; }
 qemu dst "$WORK/dst.sock" -incoming "unix:$WORK/migration.sock"
 DST_PID=${QPIDS[1]}
 wait_for test -S "$WORK/dst.mon" || { fail "destination QEMU did not start: $(tail -3 "$WORK/qemu-dst.log")"; finish; exit 1; }
