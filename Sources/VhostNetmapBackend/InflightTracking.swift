@@ -9,32 +9,31 @@ extension VhostNetDevice {
     /// GET_INFLIGHT_FD: a new buffer for the queues the front-end names (at most this device's).
     func getInflightBuffer(_ wanted: InflightBufferDescription) throws(Refusal) -> Response {
         guard protocolFeatures.contains(.inflightSHMFD) else { throw .notNegotiated(.inflightSHMFD) }
-        let made: (InflightRegion, OwnedDescriptor, InflightRegion.Description)
+        let made: (InflightRegion, OwnedDescriptor, UInt64)
         do {
             made = try InflightRegion.allocate(queueCount: Int(wanted.queueCount), queueSize: Int(wanted.queueSize), maxQueues: vrings.count)
         } catch {
             throw .inflight(error.description)
         }
-        let (region, descriptor, d) = made
+        let (region, descriptor, size) = made
         withDatapathPaused { inflight = region }
-        logger.info("inflight buffer for \(d.queueCount) queue(s) of \(d.queueSize), \(d.mmapSize) bytes")
-        let reply = InflightBufferDescription(mmapSize: d.mmapSize, mmapOffset: d.mmapOffset, queueCount: d.queueCount, queueSize: d.queueSize)
+        logger.info("inflight buffer for \(wanted.queueCount) queue(s) of \(wanted.queueSize), \(size) bytes")
+        let reply = InflightBufferDescription(mmapSize: size, mmapOffset: 0, queueCount: wanted.queueCount, queueSize: wanted.queueSize)
         return .replyWithDescriptor(reply.encoded(), descriptor)
     }
 
     /// SET_INFLIGHT_FD: the buffer a front-end kept, checked against its file before it is mapped.
     func setInflightBuffer(_ given: InflightBufferDescription, _ descriptor: OwnedDescriptor) throws(Refusal) {
         guard protocolFeatures.contains(.inflightSHMFD) else { throw .notNegotiated(.inflightSHMFD) }
-        let d = InflightRegion.Description(mmapSize: given.mmapSize, mmapOffset: given.mmapOffset,
-                                           queueCount: given.queueCount, queueSize: given.queueSize)
         let region: InflightRegion
         do {
-            region = try InflightRegion(descriptor: descriptor.rawValue, description: d, maxQueues: vrings.count)
+            region = try InflightRegion(descriptor: descriptor.rawValue, mmapSize: given.mmapSize, mmapOffset: given.mmapOffset,
+                                        queueCount: Int(given.queueCount), queueSize: Int(given.queueSize), maxQueues: vrings.count)
         } catch {
             throw .inflight(error.description)
         }
         withDatapathPaused { inflight = region }
-        logger.info("inflight buffer set: \(d.queueCount) queue(s) of \(d.queueSize)")
+        logger.info("inflight buffer set: \(given.queueCount) queue(s) of \(given.queueSize)")
     }
 
     /// A starting ring takes its region and its position from it (datapath paused).

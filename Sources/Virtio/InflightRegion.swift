@@ -24,20 +24,6 @@ public final class InflightRegion: @unchecked Sendable {
         return (raw + alignment - 1) / alignment * alignment
     }
 
-    /// GET/SET_INFLIGHT_FD's payload: the buffer's size and offset in its file, and what it holds.
-    public struct Description: Equatable, Sendable {
-        public var mmapSize: UInt64
-        public var mmapOffset: UInt64
-        public var queueCount: UInt16
-        public var queueSize: UInt16
-        public init(mmapSize: UInt64, mmapOffset: UInt64, queueCount: UInt16, queueSize: UInt16) {
-            self.mmapSize = mmapSize
-            self.mmapOffset = mmapOffset
-            self.queueCount = queueCount
-            self.queueSize = queueSize
-        }
-    }
-
     public enum SetupError: Error, Equatable, CustomStringConvertible {
         case queueCount(Int, max: Int)
         case queueSize(Int)
@@ -80,7 +66,8 @@ public final class InflightRegion: @unchecked Sendable {
 
     /// GET_INFLIGHT_FD: a new zeroed buffer in a memfd sealed against shrinking, so that no one
     /// holding it can make a later mapping of it fault.
-    public static func allocate(queueCount: Int, queueSize: Int, maxQueues: Int) throws(SetupError) -> (InflightRegion, OwnedDescriptor, Description) {
+    /// Returns the region, its memfd and its size (mapped from offset 0).
+    public static func allocate(queueCount: Int, queueSize: Int, maxQueues: Int) throws(SetupError) -> (InflightRegion, OwnedDescriptor, UInt64) {
         try check(queueCount: queueCount, queueSize: queueSize, maxQueues: maxQueues)
         let size = byteCount(queueCount: queueCount, queueSize: queueSize)
         let fd: OwnedDescriptor
@@ -89,32 +76,31 @@ public final class InflightRegion: @unchecked Sendable {
         } catch {
             throw .system(error)
         }
-        let d = Description(mmapSize: size, mmapOffset: 0, queueCount: UInt16(queueCount), queueSize: UInt16(queueSize))
-        return (try InflightRegion(descriptor: fd.rawValue, description: d, maxQueues: maxQueues), fd, d)
+        let region = try InflightRegion(descriptor: fd.rawValue, mmapSize: size, mmapOffset: 0, queueCount: queueCount,
+                                        queueSize: queueSize, maxQueues: maxQueues)
+        return (region, fd, size)
     }
 
     /// SET_INFLIGHT_FD: maps a buffer the front-end kept, every check made before the mapping
     /// (a short file would fault at the first write).
-    public init(descriptor: CInt, description d: Description, maxQueues: Int) throws(SetupError) {
-        let queueCount = Int(d.queueCount)
-        let queueSize = Int(d.queueSize)
+    public init(descriptor: CInt, mmapSize: UInt64, mmapOffset: UInt64, queueCount: Int, queueSize: Int, maxQueues: Int) throws(SetupError) {
         try Self.check(queueCount: queueCount, queueSize: queueSize, maxQueues: maxQueues)
         let needed = Self.byteCount(queueCount: queueCount, queueSize: queueSize)
-        guard d.mmapSize == needed else { throw .sizeMismatch(d.mmapSize, expected: needed) }
-        guard d.mmapOffset % UInt64(Self.alignment) == 0 else { throw .misalignedOffset(d.mmapOffset) }
-        let (end, overflow) = d.mmapOffset.addingReportingOverflow(d.mmapSize)
+        guard mmapSize == needed else { throw .sizeMismatch(mmapSize, expected: needed) }
+        guard mmapOffset % UInt64(Self.alignment) == 0 else { throw .misalignedOffset(mmapOffset) }
+        let (end, overflow) = mmapOffset.addingReportingOverflow(mmapSize)
         guard !overflow, end <= UInt64(Int.max) else { throw .addressOverflow }
         guard let type = try? Posix.fileType(descriptor), type == S_IFREG else { throw .notAFile }
         let fileSize = (try? Posix.fileSize(descriptor)) ?? 0
         guard fileSize >= end else { throw .beyondFileEnd(needed: end, fileSize: fileSize) }
         let page = UInt64(sysconf(Int32(_SC_PAGESIZE)))
-        let start = d.mmapOffset / page * page
+        let start = mmapOffset / page * page
         do {
             mapping = try MemoryMapping(descriptor: descriptor, length: Int(end - start), offset: off_t(start))
         } catch {
             throw .system(error)
         }
-        base = mapping.base + Int(d.mmapOffset - start)
+        base = mapping.base + Int(mmapOffset - start)
         self.queueCount = queueCount
         self.queueSize = queueSize
         stride = Self.stride(queueSize: queueSize)

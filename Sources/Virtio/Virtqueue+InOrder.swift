@@ -1,5 +1,3 @@
-import Synchronization
-
 /// Chains used in order whose used element is folded into one (VIRTIO_F_IN_ORDER): how many,
 /// where the batch began, and the last one's buffer id.
 struct InOrderBatch {
@@ -43,19 +41,7 @@ extension Virtqueue {
         let batch = folded
         folded.count = 0
         if format == .packed {
-            let position = PackedPosition(batch.start)
-            let p = descriptors! + PackedRingLayout.descriptorSize * position.slot
-            p.storeBytes(of: UInt32(0), toByteOffset: PackedRingLayout.lengthOffset, as: UInt32.self)
-            p.storeBytes(of: batch.lastHead.littleEndian, toByteOffset: PackedRingLayout.idOffset, as: UInt16.self)
-            let flags = position.wrap ? PackedRingLayout.availFlag | PackedRingLayout.usedFlag : 0
-            let next = PackedPosition(usedIndex)
-            inflight?.packedBeginUse(next)
-            Self.storeRelease16(p + PackedRingLayout.flagsOffset, flags)
-            if let q = inflight {
-                atomicMemoryFence(ordering: .releasing)
-                q.packedCommitUse(next)
-            }
-            if isLogging { logWritten(at: p, length: PackedRingLayout.descriptorSize) }
+            writePackedUsed(at: PackedPosition(batch.start), id: batch.lastHead, length: 0, next: PackedPosition(usedIndex))
             return
         }
         let e = used! + SplitRingLayout.usedRingOffset + SplitRingLayout.usedElementSize * RingIndex(batch.start).slot(mask)

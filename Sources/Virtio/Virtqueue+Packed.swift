@@ -278,11 +278,19 @@ extension Virtqueue {
         }
         let n = packed.popOldest()
         let position = PackedPosition(usedIndex)
+        let next = position.advanced(by: n, size: size)
+        writePackedUsed(at: position, id: id, length: length, next: next)
+        usedIndex = next.encoded
+    }
+
+    /// Writes a used descriptor at `position` (id, length, then its flags with release) that
+    /// moves the used position to `next`.
+    @inline(__always)
+    func writePackedUsed(at position: PackedPosition, id: UInt16, length: UInt32, next: PackedPosition) {
         let p = descriptors! + PackedRingLayout.descriptorSize * position.slot
         p.storeBytes(of: length.littleEndian, toByteOffset: PackedRingLayout.lengthOffset, as: UInt32.self)
         p.storeBytes(of: id.littleEndian, toByteOffset: PackedRingLayout.idOffset, as: UInt16.self)
         let flags = position.wrap ? PackedRingLayout.availFlag | PackedRingLayout.usedFlag : 0
-        let next = position.advanced(by: n, size: size)
         // Inflight tracking: the position is begun before the descriptor is published and
         // committed after, so a restarted back-end tells a finished use from an unfinished one.
         inflight?.packedBeginUse(next)
@@ -292,7 +300,6 @@ extension Virtqueue {
             q.packedCommitUse(next)
         }
         if isLogging { logWritten(at: p, length: PackedRingLayout.descriptorSize) }
-        usedIndex = next.encoded
     }
 
     /// The driver's event suppression: ENABLE, DISABLE, or (with EVENT_IDX) DESC with the used

@@ -185,14 +185,19 @@ final class InflightPair {
     }
 
     @Test func buffersThatCannotBeMappedSafelyAreRefused() throws {
-        let (_, fd, d) = try InflightRegion.allocate(queueCount: 2, queueSize: 256, maxQueues: 4)
-        #expect(d.mmapSize == 2 * UInt64(InflightRegion.stride(queueSize: 256)))
+        let (_, fd, size) = try InflightRegion.allocate(queueCount: 2, queueSize: 256, maxQueues: 4)
+        #expect(size == 2 * UInt64(InflightRegion.stride(queueSize: 256)))
         // Sealed: the holder of the descriptor cannot shrink it under a mapping.
         #expect(ftruncate(fd.rawValue, 0) != 0)
-        func refused(_ e: InflightRegion.SetupError, _ change: (inout InflightRegion.Description) -> Void, fd f: CInt? = nil) {
+        struct Description { var mmapSize: UInt64, mmapOffset: UInt64 = 0, queueCount = 2, queueSize = 256 }
+        let d = Description(mmapSize: size)
+        func refused(_ e: InflightRegion.SetupError, _ change: (inout Description) -> Void, fd f: CInt? = nil) {
             var x = d
             change(&x)
-            #expect(throws: e) { try InflightRegion(descriptor: f ?? fd.rawValue, description: x, maxQueues: 4) }
+            #expect(throws: e) {
+                try InflightRegion(descriptor: f ?? fd.rawValue, mmapSize: x.mmapSize, mmapOffset: x.mmapOffset, queueCount: x.queueCount,
+                                   queueSize: x.queueSize, maxQueues: 4)
+            }
         }
         refused(.queueCount(0, max: 4)) { $0.queueCount = 0 }
         refused(.queueCount(9, max: 4)) { $0.queueCount = 9 }
@@ -206,7 +211,7 @@ final class InflightPair {
         let e = try EventFD.make()
         refused(.notAFile, { _ in }, fd: e.rawValue)
         // The right description maps, and each queue's region is where the stride says.
-        let r = try InflightRegion(descriptor: fd.rawValue, description: d, maxQueues: 4)
+        let r = try InflightRegion(descriptor: fd.rawValue, mmapSize: size, mmapOffset: 0, queueCount: 2, queueSize: 256, maxQueues: 4)
         #expect(r.queue(2, ringSize: 256) == nil && r.queue(1, ringSize: 512) == nil && r.queue(1, ringSize: 256) != nil)
     }
 }
