@@ -180,7 +180,7 @@ import Virtio
                                                 .setVringAddr, .setVringBase, .getVringBase, .setVringKick, .setVringCall, .setVringErr,
                                                 .getProtocolFeatures, .setProtocolFeatures, .getQueueNum, .setVringEnable, .sendRARP,
                                                 .netSetMTU, .setLogBase, .getConfig, .setStatus, .getStatus, .resetDevice, .setLogFD,
-                                                .getMaxMemSlots, .addMemReg, .remMemReg]
+                                                .getMaxMemSlots, .addMemReg, .remMemReg, .getInflightFD, .setInflightFD]
             let base = victim.memory.userAddress(0).value
             var handled = 0
             for _ in 0..<3000 {
@@ -215,6 +215,12 @@ import Virtio
                             guestPhysicalAddress: .random(in: 0...32, using: &rng) << 20, size: size,
                             userAddress: base + (.random(in: 0...16, using: &rng) << 20), mmapOffset: offset)).encoded()
                         fds = r == .addMemReg || Bool.random(using: &rng) ? [fresh(victim.memory.descriptor)] : []
+                    case .getInflightFD, .setInflightFD: // the victim's memory file as the buffer: rings over it track into guest memory
+                        let queues = UInt16.random(in: 0...3, using: &rng), size = UInt16(1) << UInt16.random(in: 0...9, using: &rng)
+                        let exact = InflightRegion.byteCount(queueCount: Int(queues), queueSize: Int(size))
+                        payload = InflightBufferDescription(mmapSize: Bool.random(using: &rng) ? exact : .random(in: 0...(1 << 21), using: &rng),
+                                                            mmapOffset: UInt64.random(in: 0...64, using: &rng) << 12, queueCount: queues, queueSize: size).encoded()
+                        fds = r == .setInflightFD ? [fresh(victim.memory.descriptor)] : []
                     default:
                         payload = VringState(index: .random(in: 0...2, using: &rng), num: 1 << UInt32.random(in: 0...16, using: &rng)).encoded()
                     }
