@@ -19,6 +19,8 @@
 # Gbit/s, the medians with their spread (min-max) and the ratios vhost-netmap / dpdk-vhost (packed
 # / dpdk-vhost, and vhost-netmap / baseline) for each frame size.
 # BENCH_DEVARGS=",in_order=0" (for instance) is added to every front-end's virtio-user devargs.
+# BENCH_LATENCY=1: then the round-trip latency through vhost-netmap and DPDK's vhost PMD
+# (bench/latency-bench.sh: pkt-gen ping/pong, median and 99th percentile), ROUNDS rounds at 64 B.
 # BENCH_PROFILE=SIZE: perf samples the daemon (call graphs) during its first split and packed
 # rounds at SIZE and prints where its cycles go (self time per function, demangled) at the end.
 # usage: bench/loop-bench.sh [SECONDS=15] [ROUNDS=3] [SIZES="64 1518"]
@@ -175,4 +177,8 @@ if [ -n "${BENCH_PROFILE:-}" ]; then
     perf report -i "$W/perf-$tag.data" --stdio --no-children --sort symbol -g none --percent-limit 1 2>/dev/null \
       | grep -E "^ +[0-9]" | sed 's/\[[.k]\] //' | swift demangle --simplified | cut -c1-150 | head -30
   done
+fi
+if [ "${BENCH_LATENCY:-0}" = 1 ]; then
+  wait_quiet
+  "$ROOT/bench/latency-bench.sh" 20000 "$ROUNDS" 64
 fi
