@@ -6,6 +6,19 @@ import Virtio
 // INFLIGHT_SHMFD: the buffer in which rings record the chains they have taken and not used, kept
 // by the front-end across back-end restarts (GET_INFLIGHT_FD hands it out, SET_INFLIGHT_FD back).
 extension VhostNetDevice {
+    struct InflightStatus: Codable, Sendable {
+        var queues: Int
+        var queueSize: Int
+        /// Rings recording in the buffer now.
+        var trackingRings: [Int]
+    }
+
+    var inflightStatus: InflightStatus? {
+        inflight.map { r in
+            InflightStatus(queues: r.queueCount, queueSize: r.queueSize, trackingRings: port.queues.filter(\.tracksInflight).map(\.index))
+        }
+    }
+
     /// GET_INFLIGHT_FD: a new buffer for the queues the front-end names (at most this device's).
     func getInflightBuffer(_ wanted: InflightBufferDescription) throws(Refusal) -> Response {
         guard protocolFeatures.contains(.inflightSHMFD) else { throw .notNegotiated(.inflightSHMFD) }

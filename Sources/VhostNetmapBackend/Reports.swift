@@ -119,12 +119,15 @@ extension VhostNetDevice {
         public var mtu: Int
         /// Present once the front-end gave a dirty log (SET_LOG_BASE).
         var dirtyLog: DirtyLogStatus?
+        /// Present once there is an inflight buffer (GET/SET_INFLIGHT_FD).
+        var inflight: InflightStatus?
     }
 
     /// Caller holds the switch lock.
     func statusLocked() -> Status {
         Status(features: features.rawValue, protocolFeatures: protocolFeatures.rawValue,
                memoryRegions: memory?.regions.count ?? 0, memoryMiB: (memory?.totalSize ?? 0) >> 20, readyTX: port.readyTXCount, readyRX: port.readyRXCount,
-               brokenRings: port.queues.filter { $0.broken }.map { $0.index }, mtu: mtu, dirtyLog: dirtyLogStatus)
+               brokenRings: port.queues.filter { $0.broken }.map { $0.index }, mtu: mtu, dirtyLog: dirtyLogStatus,
+               inflight: inflightStatus)
     }
 }

@@ -39,8 +39,10 @@ run_layout() { # run_layout split|packed
       fail "$layout restart $i: traffic did not resume"; sed -n '1,30p' "$WORK/daemon.log"
     fi
     for p in a b; do
-      local broken; broken=$(port_field vale0:$p device.brokenRings | tr -d ' ')
+      local broken tracking; broken=$(port_field vale0:$p device.brokenRings | tr -d ' ')
       [ "$broken" = "[]" ] || fail "$layout restart $i: $p broken rings $broken"
+      tracking=$(port_field vale0:$p device.inflight.trackingRings | tr -d ' ')
+      [ "$tracking" = "[0,1]" ] || fail "$layout restart $i: $p rings tracking in the inflight buffer: $tracking"
     done
   done
   expect_eq "$layout: restarts after which traffic resumed" "$resumed" "$RESTARTS"
