@@ -119,10 +119,7 @@ public final class VhostUserPort: PacketPort {
         exit(1)
     }
 
-    static func log(_ s: String) {
-        let bytes = Array((s + "\n").utf8)
-        bytes.withUnsafeBytes { _ = write(2, $0.baseAddress, $0.count) }
-    }
+    static func log(_ s: String) { Posix.printError(s + "\n") }
 
     public var connectionReport: String? {
         let lost = txOutstanding.filter { $0 }.count

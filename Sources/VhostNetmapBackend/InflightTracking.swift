@@ -29,7 +29,7 @@ extension VhostNetDevice {
             throw .inflight(error.description)
         }
         let (region, descriptor, size) = made
-        withDatapathPaused { inflight = region }
+        inflight = region  // the worker never reads it: a ring takes its region when it starts
         logger.info("inflight buffer for \(wanted.queueCount) queue(s) of \(wanted.queueSize), \(size) bytes")
         let reply = InflightBufferDescription(mmapSize: size, mmapOffset: 0, queueCount: wanted.queueCount, queueSize: wanted.queueSize)
         return .replyWithDescriptor(reply.encoded(), descriptor)
@@ -45,7 +45,7 @@ extension VhostNetDevice {
         } catch {
             throw .inflight(error.description)
         }
-        withDatapathPaused { inflight = region }
+        inflight = region
         logger.info("inflight buffer set: \(given.queueCount) queue(s) of \(given.queueSize)")
     }
 

@@ -69,8 +69,14 @@ public final class VhostUserFrontEnd {
 
     /// Sends a request that has a reply, and returns the reply's payload.
     public func call(_ request: VhostUserRequest, _ payload: [UInt8] = []) throws(FrontEndError) -> [UInt8] {
+        var ignored: [OwnedDescriptor] = []
+        return try call(request, payload, descriptors: &ignored)
+    }
+
+    /// The same, keeping the descriptors the reply brought (GET_INFLIGHT_FD's buffer).
+    public func call(_ request: VhostUserRequest, _ payload: [UInt8] = [], descriptors: inout [OwnedDescriptor]) throws(FrontEndError) -> [UInt8] {
         try sendRaw(MessageHeader(request: request.rawValue, flags: MessageHeader.version, size: UInt32(payload.count)).encoded() + payload)
-        return try readReply(for: request)
+        return try readReply(for: request, descriptors: &descriptors)
     }
 
     public func callU64(_ request: VhostUserRequest) throws(FrontEndError) -> UInt64 {
@@ -81,42 +87,28 @@ public final class VhostUserFrontEnd {
 
     /// Reads one reply; checks flags (exactly REPLY|VERSION, as QEMU does) and the request id.
     public func readReply(for request: VhostUserRequest) throws(FrontEndError) -> [UInt8] {
-        let header = try readExactly(MessageHeader.byteCount)
+        var ignored: [OwnedDescriptor] = []
+        return try readReply(for: request, descriptors: &ignored)
+    }
+
+    private func readReply(for request: VhostUserRequest, descriptors: inout [OwnedDescriptor]) throws(FrontEndError) -> [UInt8] {
+        let header = try readExactly(MessageHeader.byteCount, descriptors: &descriptors)
         let h = header.withUnsafeBytes { MessageHeader($0) }
         guard h.flags == MessageHeader.replyFlag | MessageHeader.version else { throw .badReply("flags 0x\(String(h.flags, radix: 16))") }
         guard h.request == request.rawValue else { throw .badReply("reply to \(h.request), expected \(request.rawValue)") }
         guard h.size <= 4096 else { throw .badReply("size \(h.size)") }
-        return try readExactly(Int(h.size))
+        return try readExactly(Int(h.size), descriptors: &descriptors)
     }
 
     /// GET_INFLIGHT_FD: the back-end's inflight buffer for `queues` queues of `size` entries,
     /// its description and descriptor (kept by the front-end and handed back after a reconnect).
     public func getInflightBuffer(queues: UInt16, size: UInt16) throws(FrontEndError) -> (InflightBufferDescription, OwnedDescriptor) {
         let wanted = InflightBufferDescription(mmapSize: 0, mmapOffset: 0, queueCount: queues, queueSize: size)
-        let request = VhostUserRequest.getInflightFD
-        try sendRaw(MessageHeader(request: request.rawValue, flags: MessageHeader.version, size: UInt32(InflightBufferDescription.byteCount)).encoded()
-                    + wanted.encoded())
-        // The descriptor comes with the reply's first bytes: read them with recvmsg.
-        var pfd = pollfd(fd: socket.rawValue, events: Int16(POLLIN), revents: 0)
-        guard poll(&pfd, 1, Int32(replyTimeoutMilliseconds)) > 0 else { throw .timeout }
-        let total = MessageHeader.byteCount + InflightBufferDescription.byteCount
-        var bytes = [UInt8](repeating: 0, count: total)
-        let fd = socket.rawValue
-        let outcome: Result<UnixSocket.Received?, Errno> = bytes.withUnsafeMutableBytes { b in
-            Result { () throws(Errno) in try UnixSocket.receive(fd, into: b, maxDescriptors: 1) }
-        }
-        let received: UnixSocket.Received?
-        switch outcome {
-        case .success(let r): received = r
-        case .failure(let e): throw .system(e.rawValue)
-        }
-        guard let received, received.byteCount > 0 else { throw .closed }
-        if received.byteCount < total { bytes.replaceSubrange(received.byteCount..<total, with: try readExactly(total - received.byteCount)) }
-        let h = bytes.withUnsafeBytes { MessageHeader($0) }
-        guard h.flags == MessageHeader.replyFlag | MessageHeader.version, h.request == request.rawValue,
-              Int(h.size) == InflightBufferDescription.byteCount else { throw .badReply("GET_INFLIGHT_FD reply header \(h)") }
-        guard let descriptor = received.descriptors.first else { throw .badReply("GET_INFLIGHT_FD reply without a descriptor") }
-        return (bytes[MessageHeader.byteCount...].withUnsafeBytes { InflightBufferDescription($0) }, descriptor)
+        var descriptors: [OwnedDescriptor] = []
+        let reply = try call(.getInflightFD, wanted.encoded(), descriptors: &descriptors)
+        guard reply.count == InflightBufferDescription.byteCount else { throw .badReply("GET_INFLIGHT_FD reply of \(reply.count) bytes") }
+        guard let descriptor = descriptors.first else { throw .badReply("GET_INFLIGHT_FD reply without a descriptor") }
+        return (reply.withUnsafeBytes { InflightBufferDescription($0) }, descriptor)
     }
 
     /// SET_INFLIGHT_FD: hands a kept inflight buffer (back) to the back-end.
@@ -124,20 +116,30 @@ public final class VhostUserFrontEnd {
         try send(.setInflightFD, d.encoded(), descriptors: [descriptor])
     }
 
-    private func readExactly(_ count: Int) throws(FrontEndError) -> [UInt8] {
+    /// Reads `count` bytes with recvmsg, collecting the descriptors that come with them.
+    private func readExactly(_ count: Int, descriptors: inout [OwnedDescriptor]) throws(FrontEndError) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: count)
         var filled = 0
+        let fd = socket.rawValue
         while filled < count {
-            var pfd = pollfd(fd: socket.rawValue, events: Int16(POLLIN), revents: 0)
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             let ready = poll(&pfd, 1, Int32(replyTimeoutMilliseconds))
             if ready == 0 { throw .timeout }
-            let n = out.withUnsafeMutableBytes { Glibc.recv(socket.rawValue, $0.baseAddress! + filled, count - filled, 0) }
-            if n == 0 { throw .closed }
-            if n < 0 {
-                if errno == EINTR || errno == EAGAIN { continue }
-                throw errno == ECONNRESET ? .closed : .system(Int32(errno))
+            let start = filled
+            let result: Result<UnixSocket.Received?, Errno> = out.withUnsafeMutableBytes { b in
+                Result { () throws(Errno) in try UnixSocket.receive(fd, into: UnsafeMutableRawBufferPointer(rebasing: b[start...])) }
             }
-            filled += n
+            switch result {
+            case .failure(let e):
+                if e.rawValue == EINTR { continue }
+                throw e.rawValue == ECONNRESET ? .closed : .system(e.rawValue)
+            case .success(nil):
+                continue  // EAGAIN
+            case .success(let r?):
+                if r.byteCount == 0 { throw .closed }
+                descriptors += r.descriptors
+                filled += r.byteCount
+            }
         }
         return out
     }

@@ -79,7 +79,8 @@ extension VhostUserRequest {
             // Replies with the buffer's description and its descriptor.
             return RequestRule(payload: .exact(InflightBufferDescription.byteCount), descriptors: .none, replies: true, pausesDataPath: false)
         case .setInflightFD:
-            return RequestRule(payload: .exact(InflightBufferDescription.byteCount), descriptors: .one, replies: false, pausesDataPath: true)
+            // Rings take the buffer when they start (paused then): setting it changes nothing the worker reads.
+            return RequestRule(payload: .exact(InflightBufferDescription.byteCount), descriptors: .one, replies: false, pausesDataPath: false)
         case .getConfig, .setConfig:
             return RequestRule(payload: .config, descriptors: .none, replies: false, pausesDataPath: false)
         default:

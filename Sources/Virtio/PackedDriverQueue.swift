@@ -175,8 +175,7 @@ public final class PackedDriverQueue: @unchecked Sendable {
     /// Whether the descriptor at the used position was used in its lap.
     public var hasUsed: Bool {
         let flags = Virtqueue.loadAcquire16(memory.host(descriptorRing) + PackedRingLayout.descriptorSize * usedPosition.slot + PackedRingLayout.flagsOffset)
-        let wrap = usedPosition.wrap
-        return (flags & PackedRingLayout.availFlag != 0) == wrap && (flags & PackedRingLayout.usedFlag != 0) == wrap
+        return PackedRingLayout.isUsed(flags, wrap: usedPosition.wrap)
     }
 
     /// Driver event suppression: ENABLE, DISABLE, or DESC at `position` (EVENT_IDX).

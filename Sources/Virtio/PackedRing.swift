@@ -33,6 +33,13 @@ public enum PackedRingLayout {
         guard a.usedRing.value % 4 == 0 else { throw .misaligned("device event area") }
     }
 
+    /// Whether a descriptor with `flags` was used by the device in the lap `wrap` names: AVAIL and
+    /// USED both equal to the wrap counter (§2.8.1).
+    @inline(__always)
+    public static func isUsed(_ flags: UInt16, wrap: Bool) -> Bool {
+        (flags & availFlag != 0) == wrap && (flags & usedFlag != 0) == wrap
+    }
+
     /// Whether a descriptor with `flags` is available to the device in the lap `wrap` names:
     /// AVAIL equal to the wrap counter and USED not (§2.8.1).
     @inline(__always)

@@ -145,7 +145,7 @@ extension Virtqueue {
         var agrees = true
         for (j, entry) in inFlight.enumerated() {
             let slot = RingIndex(guestUsed &+ UInt16(truncatingIfNeeded: j)).slot(mask)
-            if Int(Self.load16(avail! + SplitRingLayout.availRingOffset + 2 * slot)) != entry.head { agrees = false; break }
+            if Int(availEntry(slot)) != entry.head { agrees = false; break }
         }
         resume(at: guestUsed)
         return .splitResumed(usedIndex: guestUsed, inFlight: inFlight.count, agrees: agrees, lastBatchRepaired: repaired)
@@ -167,8 +167,7 @@ extension Virtqueue {
         var back = false
         if current.slot != old.slot || current.wrap != old.wrap {
             let flags = Self.load16(descriptors! + PackedRingLayout.descriptorSize * old.slot + PackedRingLayout.flagsOffset)
-            let usedInLap = (flags & PackedRingLayout.availFlag != 0) == (old.wrap == 1) && (flags & PackedRingLayout.usedFlag != 0) == (old.wrap == 1)
-            if usedInLap {
+            if PackedRingLayout.isUsed(flags, wrap: old.wrap == 1) {
                 resumeAt = position(current)
                 forward = true
             } else {
@@ -195,7 +194,7 @@ extension Virtqueue {
         guard let q = inflight, format == .split else { return }
         for k in 0..<min(count, size) {
             let slot = RingIndex(lastAvailIndex &+ UInt16(truncatingIfNeeded: k)).slot(mask)
-            let head = Int(Self.load16(avail! + SplitRingLayout.availRingOffset + 2 * slot))
+            let head = Int(availEntry(slot))
             if head < size { q.splitUntake(head: head) }
         }
     }

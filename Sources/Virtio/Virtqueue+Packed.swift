@@ -122,8 +122,7 @@ extension Virtqueue {
         // the ring really is, so it stays stopped rather than replay or overwrite buffers.
         if let descriptors, size > 0 {
             let flags = Self.load16(descriptors + PackedRingLayout.descriptorSize * position.slot + PackedRingLayout.flagsOffset)
-            let bit = position.wrap ? UInt16.max : 0
-            if flags & PackedRingLayout.availFlag == bit & PackedRingLayout.availFlag && flags & PackedRingLayout.usedFlag == bit & PackedRingLayout.usedFlag {
+            if PackedRingLayout.isUsed(flags, wrap: position.wrap) {
                 markBroken("base \(position) names a descriptor already used in that lap: the front-end's position is stale (after a back-end restart, QEMU cannot give one for a packed ring); the guest must reset the device")
             }
         }

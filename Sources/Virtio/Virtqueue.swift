@@ -90,7 +90,6 @@ public final class Virtqueue: @unchecked Sendable {
     public var usedRingLogAddress: GuestPhysicalAddress?
     /// Set when used elements were added outside a delivery (a refused chain) and need publishing.
     public var usedIndexDirty = false
-    /// Set when the guest broke the ring (bad avail index or head): nothing more is done with it.
     /// INFLIGHT_SHMFD: this ring's region (and what keeps it mapped), the fetch counter and the
     /// heads used since the last publish.
     var inflight: InflightQueue?
@@ -99,6 +98,7 @@ public final class Virtqueue: @unchecked Sendable {
     var inflightBatch = 0
     /// IN_ORDER: transmit chains used whose single used element is still to be written.
     var folded = InOrderBatch()
+    /// Set when the guest broke the ring (bad avail index or head): nothing more is done with it.
     public private(set) var broken = false
     public private(set) var brokenReason: String?
     /// Set once the owner has reported the breakage (log line, error eventfd), so it is reported once.
@@ -272,7 +272,7 @@ public final class Virtqueue: @unchecked Sendable {
         assert(isAttached && !broken, "nextChain on a ring that is not running")
         if format == .packed { return packedNextChain(writable: writable, into: segments) }
         let slot = RingIndex(lastAvailIndex).slot(mask)
-        let head = Self.load16(avail! + SplitRingLayout.availRingOffset + 2 * slot)
+        let head = availEntry(slot)
         lastAvailIndex &+= 1
         guard Int(head) < size else {
             markBroken("avail ring entry \(slot) names head \(head) on a ring of \(size)")
@@ -294,12 +294,12 @@ public final class Virtqueue: @unchecked Sendable {
     @inline(__always)
     public func prefetch(upTo count: Int, writable: Bool) {
         if format == .packed { return packedPrefetch(upTo: count) }
-        guard let avail, let descriptors else { return }
+        guard avail != nil, let descriptors else { return }
         let last = RingIndex(lastAvailIndex)
         let available = RingIndex(cachedAvailIndex).distance(from: last)
         // Heads are masked to the ring (not checked: only a hint), so every address stays in the table.
         @inline(__always) func descriptor(_ i: RingIndex) -> UnsafeMutableRawPointer {
-            descriptors + SplitRingLayout.descriptorSize * (Int(Self.load16(avail + SplitRingLayout.availRingOffset + 2 * i.slot(mask))) & mask)
+            descriptors + SplitRingLayout.descriptorSize * (Int(availEntry(i.slot(mask))) & mask)
         }
         let descriptorEnd = last.advanced(by: min(count, available))
         var i = RingIndex(descriptorsPrefetched).isAtOrAfter(last) ? RingIndex(descriptorsPrefetched) : last
@@ -319,6 +319,12 @@ public final class Virtqueue: @unchecked Sendable {
             i = i.advanced(by: 1)
         }
         buffersPrefetched = bufferEnd.value
+    }
+
+    /// The head the avail ring lists at `slot` (split ring; read once, untrusted).
+    @inline(__always)
+    func availEntry(_ slot: Int) -> UInt16 {
+        Self.load16(avail! + SplitRingLayout.availRingOffset + 2 * slot)
     }
 
     /// Gives back the last `count` chains taken (used when a receiver runs out of room midway).
