@@ -103,21 +103,17 @@ public final class NetmapKernelPort: SwitchPort, @unchecked Sendable {
                 badSlots &+= 1
                 vale.countBadDescriptor(from: portIndex)
             } else {
-                let header = readHeader()
-                vale.forward(Frame(header: header, segments: segments.storage, segmentCount: segments.count,
-                                   offset: headerLength, length: length &- headerLength, queuePair: queuePair), from: portIndex)
+                vale.stage(segments: segments.storage, count: segments.count, offset: headerLength,
+                           length: length &- headerLength, queuePair: queuePair, from: portIndex)
             }
             moved &+= 1
             head = slotIndex
         }
+        // The slots are read until here; only then are they given back to the kernel.
+        vale.forwardStaged(from: portIndex)
         ring.head = head
         ring.cur = head
         return moved
-    }
-
-    @inline(__always)
-    private func readHeader() -> VirtioNetHeader {
-        headerLength > 0 ? VirtioNetHeader(segments: segments.storage, count: segments.count, length: headerLength) : VirtioNetHeader()
     }
 
     // MARK: switch → netmap TX

@@ -52,6 +52,9 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     package var mergeable = false
 
     private let txSegments = SegmentList(capacity: Virtqueue.maxSegmentsPerChain)
+    /// Heads of the transmit chains taken for the batch being forwarded.
+    private static let transmitBatchCapacity = 256
+    private let transmitHeads = UnsafeMutablePointer<UInt16>.allocate(capacity: transmitBatchCapacity)
     private let rxSegments = SegmentList(capacity: Virtqueue.maxSegmentsPerChain)
     private let pending: UnsafeMutablePointer<PendingUsed>
     private let pendingCapacity = 1024
@@ -74,6 +77,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     deinit {
         announcementBuffer.deallocate()
         pending.deallocate()
+        transmitHeads.deallocate()
         readyTXStorage.deallocate()
         readyRXStorage.deallocate()
     }
@@ -115,42 +119,46 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
         return moved
     }
 
+    /// Takes up to `budget` chains, has the switch forward them as one batch, then uses them.
     @inline(__always)
     private func transmit(_ q: Virtqueue, into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int {
         guard let available = q.availableCount() else {
             if q.broken { reportBroken(q) }
             return 0
         }
-        let n = min(available, budget)
+        let n = min(available, budget, Self.transmitBatchCapacity)
         if n == 0 { return 0 }
         q.prefetch(upTo: 2 &* n, writable: false)
         let hdrLen = headerLength
         let queuePair = q.index >> 1
-        // IN_ORDER: the batch's chains share one used element (written at publishUsed).
-        let inOrder = features.contains(.inOrder)
         var taken = 0
         while taken < n {
             guard let result = q.nextChain(writable: false, into: txSegments) else {
                 reportBroken(q)
                 break
             }
-            taken &+= 1
-            let head: UInt16
             switch result {
-            case .bad(let h, _):
+            case .bad(let head, _):
                 vale.countBadDescriptor(from: portIndex)
-                head = h
-            case .chain(let h, let length):
+                transmitHeads[taken] = head
+            case .chain(let head, let length):
                 if length < hdrLen {
                     vale.countBadDescriptor(from: portIndex)
                 } else {
-                    let header = readHeader(length: hdrLen)
-                    vale.forward(Frame(header: header, segments: txSegments.storage, segmentCount: txSegments.count,
-                                       offset: hdrLen, length: length &- hdrLen, queuePair: queuePair), from: portIndex)
+                    vale.stage(segments: txSegments.storage, count: txSegments.count, offset: hdrLen,
+                               length: length &- hdrLen, queuePair: queuePair, from: portIndex)
                 }
-                head = h
+                transmitHeads[taken] = head
             }
-            if inOrder { q.foldUsed(head: head) } else { q.addUsed(head: head, length: 0) }
+            taken &+= 1
+        }
+        // The frames are read from the chains until here; only then are the chains used.
+        vale.forwardStaged(from: portIndex)
+        // IN_ORDER: the batch's chains share one used element (written at publishUsed).
+        if features.contains(.inOrder) {
+            for k in 0..<taken { q.foldUsed(head: transmitHeads[k]) }
+        } else {
+            for k in 0..<taken { q.addUsed(head: transmitHeads[k], length: 0) }
         }
         q.publishUsed()
         notify(q)
@@ -179,35 +187,65 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
         return f
     }
 
-    /// The virtio-net header of the chain in `txSegments`, read once (it may span descriptors).
-    @inline(__always)
-    private func readHeader(length: Int) -> VirtioNetHeader {
-        VirtioNetHeader(segments: txSegments.storage, count: txSegments.count, length: length)
-    }
-
     // MARK: Switch → guest RX
 
     public override func deliver(_ frame: Frame) -> DeliveryResult {
-        let count = readyRXCount
-        guard count > 0 else { return .notReady }
-        return readyRXStorage[frame.queuePair % count].queue._withUnsafeGuaranteedRef { deliver(frame, into: $0) }
+        var one = frame
+        var result = DeliveryResult.notReady
+        var zero: UInt8 = 0
+        withUnsafePointer(to: &one) { deliver($0, selection: &zero, count: 1, results: &result) }
+        return result
+    }
+
+    /// A batch's frames for this port: each run of frames for one receive ring takes its
+    /// chains in one go (one availability check and one prefetch per run).
+    public override func deliver(_ frames: UnsafePointer<Frame>, selection: UnsafePointer<UInt8>, count: Int,
+                                 results: UnsafeMutablePointer<DeliveryResult>) {
+        let rings = readyRXCount
+        guard rings > 0 else {
+            for k in 0..<count { results[k] = .notReady }
+            return
+        }
+        var k = 0
+        while k < count {
+            let ring = frames[Int(selection[k])].queuePair % rings
+            var end = k &+ 1
+            while end < count && frames[Int(selection[end])].queuePair % rings == ring { end &+= 1 }
+            readyRXStorage[ring].queue._withUnsafeGuaranteedRef {
+                deliver(frames, selection: selection + k, count: end &- k, results: results + k, into: $0)
+            }
+            k = end
+        }
     }
 
     @inline(__always)
-    private func deliver(_ frame: Frame, into q: Virtqueue) -> DeliveryResult {
-        guard features.isSuperset(of: frame.header.requiredReceiveFeatures) else { return .offloadMismatch }
-        guard let available = q.availableCount() else {
-            if q.broken { reportBroken(q) }
-            return .notReady
+    private func deliver(_ frames: UnsafePointer<Frame>, selection: UnsafePointer<UInt8>, count: Int,
+                         results: UnsafeMutablePointer<DeliveryResult>, into q: Virtqueue) {
+        q.prefetch(upTo: 2 &* count, writable: true)
+        var delivered = false
+        for k in 0..<count {
+            let frame = frames[Int(selection[k])]
+            guard features.isSuperset(of: frame.header.requiredReceiveFeatures) else {
+                results[k] = .offloadMismatch
+                continue
+            }
+            guard let available = q.availableCount() else {
+                if q.broken { reportBroken(q) }
+                for j in k..<count { results[j] = .notReady }
+                break
+            }
+            if available == 0 {
+                results[k] = .noRoom
+                continue
+            }
+            let result = mergeable ? deliverMergeable(frame, to: q, available: available)
+                                   : deliverSingle(frame, to: q, available: available)
+            if result == .delivered { delivered = true }
+            results[k] = result
         }
-        if available == 0 { return .noRoom }
-        q.prefetch(upTo: SwitchWorker.batch, writable: true)
-        let result = mergeable ? deliverMergeable(frame, to: q, available: available)
-                               : deliverSingle(frame, to: q, available: available)
-        if result == .delivered || q.usedIndexDirty {
+        if delivered || q.usedIndexDirty {
             dirtyRX |= 1 << UInt64(q.index >> 1)
         }
-        return result
     }
 
     /// Without MRG_RXBUF: the whole packet goes into one chain.

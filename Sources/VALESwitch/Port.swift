@@ -50,15 +50,24 @@ public enum DeliveryResult {
 /// A class rather than a protocol so the switch can call it through an unretained reference
 /// (`Unmanaged`) with no reference counting per packet; subclasses override every method.
 /// All methods are called by the switch's worker thread with the switch lock held, so a port
-/// needs no locking of its own on the data path. Calls are per batch except `deliver`.
+/// needs no locking of its own on the data path. Calls are per batch, except the one-frame
+/// `deliver` that the batch `deliver` calls unless a port overrides it.
 open class SwitchPort {
     public init() {}
 
-    /// Moves up to `budget` frames from this port into `vale` (through `vale.forward`), then
-    /// returns its own buffers. Returns the number of frames taken.
+    /// Moves up to `budget` frames from this port into `vale`: stages them (`vale.stage`), has
+    /// them forwarded (`vale.forwardStaged`), and only then returns its own buffers. Returns
+    /// the number of frames taken.
     open func transmit(into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int { 0 }
     /// Copies `frame` into this port's receive buffers.
     open func deliver(_ frame: Frame) -> DeliveryResult { .notReady }
+    /// Copies a batch's frames for this port (`frames[selection[k]]`, k < count, in order) into
+    /// its receive buffers, one result per frame. One call per batch and destination; a port
+    /// whose buffers are taken per batch (a guest's receive ring) overrides it.
+    open func deliver(_ frames: UnsafePointer<Frame>, selection: UnsafePointer<UInt8>, count: Int,
+                      results: UnsafeMutablePointer<DeliveryResult>) {
+        for k in 0..<count { results[k] = deliver(frames[Int(selection[k])]) }
+    }
     /// Publishes what `deliver` wrote since the last flush and notifies the peer if it asks.
     open func flushDeliveries() {}
     /// Eventfds that count when this port has new frames (kick eventfds); the worker consumes

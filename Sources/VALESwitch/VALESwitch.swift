@@ -29,20 +29,22 @@ public final class VALESwitch: @unchecked Sendable {
     private var portNames: [String?]
     /// The data path's view of `ports`: unretained references (no ARC traffic per packet), valid
     /// while the port is attached, which `ports` guarantees.
-    private let slots: UnsafeMutablePointer<PortSlot>
+    let slots: UnsafeMutablePointer<PortSlot>
     /// Indices of attached ports, for flooding without scanning empty slots.
     private var active: [Int] = []
-    private let activeList: UnsafeMutablePointer<Int>
-    private var activeCount = 0
+    let activeList: UnsafeMutablePointer<Int>
+    private(set) var activeCount = 0
 
     struct PortSlot {
         var port: Unmanaged<SwitchPort>?
     }
     public private(set) var counters: UnsafeMutablePointer<PortCounters>
     public let learning = LearningTable()
-    private var dirty: UnsafeMutablePointer<Bool>
-    private var dirtyList: UnsafeMutablePointer<Int>
-    private var dirtyCount = 0
+    let dirty: UnsafeMutablePointer<Bool>
+    let dirtyList: UnsafeMutablePointer<Int>
+    var dirtyCount = 0
+    /// The frames of the source port being forwarded (Forwarding.swift).
+    let batch = FrameBatch()
     /// Ports being captured (`PortCapture`): tested once per frame, nonzero only while a capture runs.
     var captureCount = 0
     let captures: UnsafeMutablePointer<CaptureSlot?>
@@ -132,6 +134,7 @@ public final class VALESwitch: @unchecked Sendable {
         for k in 0..<activeCount {
             let i = activeList[k]
             moved &+= slots[i].port.unsafelyUnwrapped._withUnsafeGuaranteedRef { $0.transmit(into: self, as: i, budget: budget) }
+            assert(batch.count == 0, "port \(i) staged frames it did not forward")
             flushDeliveries()
         }
         return moved
@@ -141,84 +144,5 @@ public final class VALESwitch: @unchecked Sendable {
     @inline(__always)
     public func countBadDescriptor(from port: Int) {
         counters[port].dropBadDescriptor &+= 1
-    }
-
-    /// Learns the source, then delivers to the learned port or floods.
-    @inline(__always)
-    public func forward(_ frame: Frame, from source: Int) {
-        guard frame.length >= 14 else {
-            counters[source].dropShort &+= 1
-            return
-        }
-        counters[source].inPackets &+= 1
-        counters[source].inBytes &+= UInt64(frame.length)
-        if captureCount != 0, let c = captures[source], c.tx { c.capture._withUnsafeGuaranteedRef { $0.record(frame) } }
-
-        let (dst, src) = Self.addresses(of: frame)
-        if src & 1 == 0 { learning.learn(src, port: source) }
-        if dst & 1 == 0, let d = learning.lookup(dst) {
-            if d == source {
-                counters[source].dropSamePort &+= 1
-            } else if let port = slots[d].port {
-                port._withUnsafeGuaranteedRef { deliver(frame, to: d, $0) }
-            }
-            return
-        }
-        for k in 0..<activeCount {
-            let d = activeList[k]
-            if d != source { slots[d].port.unsafelyUnwrapped._withUnsafeGuaranteedRef { deliver(frame, to: d, $0) } }
-        }
-    }
-
-    @inline(__always)
-    private func deliver(_ frame: Frame, to index: Int, _ port: SwitchPort) {
-        switch port.deliver(frame) {
-        case .delivered:
-            counters[index].outPackets &+= 1
-            counters[index].outBytes &+= UInt64(frame.length)
-            if captureCount != 0, let c = captures[index], c.rx { c.capture._withUnsafeGuaranteedRef { $0.record(frame) } }
-            if !dirty[index] {
-                dirty[index] = true
-                dirtyList[dirtyCount] = index
-                dirtyCount &+= 1
-            }
-        case .noRoom: counters[index].dropNoRoom &+= 1
-        case .notReady: counters[index].dropNotReady &+= 1
-        case .offloadMismatch: counters[index].dropOffload &+= 1
-        case .badDescriptor: counters[index].dropBadDescriptor &+= 1
-        }
-    }
-
-    /// Publishes every destination written since the last flush.
-    @inline(__always)
-    public func flushDeliveries() {
-        for k in 0..<dirtyCount {
-            let i = dirtyList[k]
-            dirty[i] = false
-            slots[i].port?._withUnsafeGuaranteedRef { $0.flushDeliveries() }
-        }
-        dirtyCount = 0
-    }
-
-    /// Destination and source MAC (48 bits each, first byte in the low bits: bit 0 is the
-    /// group bit). Read once from the frame; it may span segments.
-    @inline(__always)
-    static func addresses(of frame: Frame) -> (UInt64, UInt64) {
-        let first = frame.segments[0]
-        if first.length >= frame.offset &+ 12 {
-            let p = UnsafeRawPointer(first.base) + frame.offset
-            return (mac(p), mac(p + 6))
-        }
-        var bytes: (UInt64, UInt64) = (0, 0)
-        return withUnsafeMutableBytes(of: &bytes) { raw in
-            var c = frame.cursor
-            _ = c.read(into: raw.baseAddress!, length: 12)
-            return (mac(UnsafeRawPointer(raw.baseAddress!)), mac(UnsafeRawPointer(raw.baseAddress!) + 6))
-        }
-    }
-
-    @inline(__always)
-    static func mac(_ p: UnsafeRawPointer) -> UInt64 {
-        UInt64(p.loadUnaligned(as: UInt32.self)) | UInt64(p.loadUnaligned(fromByteOffset: 4, as: UInt16.self)) << 32
     }
 }

@@ -15,6 +15,10 @@ struct PackedState {
     var chainsAhead = 0
     var descriptorsAhead = 0
     var scanPosition: UInt16 = 0
+    /// The slot of the first used descriptor written since the last publish whose flags are
+    /// still to be written (-1: none), and those flags (Virtqueue+PackedUsed.swift).
+    var unpublishedHead = -1
+    var unpublishedHeadFlags: UInt16 = 0
 
     mutating func allocate(size: Int) {
         if capacity != size {
@@ -39,6 +43,7 @@ struct PackedState {
         chainsAhead = 0
         descriptorsAhead = 0
         scanPosition = position
+        unpublishedHead = -1
     }
 
     /// Invariant (kept by the ring): at most `capacity` chains are in flight, as each takes a slot.
@@ -265,40 +270,6 @@ extension Virtqueue {
             packed.chainsAhead &+= 1
             packed.descriptorsAhead &+= n
         }
-    }
-
-    /// Writes the used descriptor of the oldest chain in flight: length and id, then the flags
-    /// (release), which hand it to the driver.
-    @inline(__always)
-    func packedAddUsed(id: UInt16, length: UInt32) {
-        guard packed.takenCount > 0 else {
-            assertionFailure("a used descriptor with no chain in flight")
-            return
-        }
-        let n = packed.popOldest()
-        let position = PackedPosition(usedIndex)
-        let next = position.advanced(by: n, size: size)
-        writePackedUsed(at: position, id: id, length: length, next: next)
-        usedIndex = next.encoded
-    }
-
-    /// Writes a used descriptor at `position` (id, length, then its flags with release) that
-    /// moves the used position to `next`.
-    @inline(__always)
-    func writePackedUsed(at position: PackedPosition, id: UInt16, length: UInt32, next: PackedPosition) {
-        let p = descriptors! + PackedRingLayout.descriptorSize * position.slot
-        p.storeBytes(of: length.littleEndian, toByteOffset: PackedRingLayout.lengthOffset, as: UInt32.self)
-        p.storeBytes(of: id.littleEndian, toByteOffset: PackedRingLayout.idOffset, as: UInt16.self)
-        let flags = position.wrap ? PackedRingLayout.availFlag | PackedRingLayout.usedFlag : 0
-        // Inflight tracking: the position is begun before the descriptor is published and
-        // committed after, so a restarted back-end tells a finished use from an unfinished one.
-        inflight?.packedBeginUse(next)
-        Self.storeRelease16(p + PackedRingLayout.flagsOffset, flags)
-        if let q = inflight {
-            atomicMemoryFence(ordering: .releasing)
-            q.packedCommitUse(next)
-        }
-        if isLogging { logWritten(at: p, length: PackedRingLayout.descriptorSize) }
     }
 
     /// The driver's event suppression: ENABLE, DISABLE, or (with EVENT_IDX) DESC with the used

@@ -350,7 +350,7 @@ public final class Virtqueue: @unchecked Sendable {
     @inline(__always)
     public func publishUsed() {
         if folded.count != 0 { writeFoldedBatch() }
-        if format == .packed { return }  // each used descriptor was published as it was written
+        if format == .packed { return publishPackedUsed() }
         Self.storeRelease16(used! + SplitRingLayout.usedIndexOffset, usedIndex)
         inflightCommit()
         if isLogging { logUsedRing() }

@@ -86,6 +86,10 @@ final class PackedPair {
         #expect(again == ids[1] && third == ids[2])
         p.device.addUsed(head: again, length: 61)
         p.device.addUsed(head: third, length: 62)
+        // The batch's first used descriptor gets its flags at the publish: before it the driver
+        // sees none of the three, after it all of them.
+        #expect(p.driver.reapUsed().isEmpty)
+        p.device.publishUsed()
         #expect(p.driver.reapUsed().map(\.length) == [60, 61, 62])
         #expect(p.driver.freeDescriptors == 8)
     }
@@ -129,6 +133,7 @@ final class PackedPair {
         #expect(p.take() == .bad(head: 11, .badIndirectLength))
         // The ring goes on: each bad chain can be used, and a good one follows.
         for id: UInt16 in [a, b, 9, 11] { p.device.addUsed(head: id, length: 0) }
+        p.device.publishUsed()
         #expect(p.driver.reapUsed().map(\.id) == [a, b, 9, 11])
         let d = p.driver.add([p.buffer(30, seed: 3)])!
         #expect(p.take() == .chain(head: d, length: 30))
@@ -170,6 +175,7 @@ final class PackedPair {
         let id = s.driver.add([s.buffer(4, seed: 0)])!
         _ = s.take()
         s.device.addUsed(head: id, length: 0)
+        s.device.publishUsed()
         s.device.resume(at: PackedRingLayout.wrapBit)
         #expect(s.device.broken && s.device.brokenReason?.contains("stale") == true)
         // The right base (after the used chain) is taken.
