@@ -57,10 +57,7 @@ extension VALESwitch {
     /// first.
     @inline(__always)
     public func stage(segments: UnsafePointer<Segment>, count: Int, offset: Int, length: Int, queuePair: Int, from source: Int) {
-        let slot = reserveSlot(segmentCount: count, from: source)
-        let copy = batch.segments + batch.segmentCount
-        copy.initialize(from: segments, count: count)
-        batch.segmentCount &+= count
+        let (slot, copy) = append(segments: segments, count: count, from: source)
         segments[0].prefetch(bytes: offset &+ 12)
         batch.frames[slot] = Frame(header: VirtioNetHeader(), segments: copy, segmentCount: count,
                                    offset: offset, length: length, queuePair: queuePair)
@@ -69,28 +66,30 @@ extension VALESwitch {
 
     /// Forwards one frame whose header is already known (a single-frame batch).
     public func forward(_ frame: Frame, from source: Int) {
-        let slot = reserveSlot(segmentCount: frame.segmentCount, from: source)
-        let copy = batch.segments + batch.segmentCount
-        copy.initialize(from: frame.segments, count: frame.segmentCount)
-        batch.segmentCount &+= frame.segmentCount
+        let (slot, copy) = append(segments: frame.segments, count: frame.segmentCount, from: source)
         var staged = frame
-        staged.segments = UnsafePointer(copy)
+        staged.segments = copy
         batch.frames[slot] = staged
         batch.headerPending[slot] = false
         forwardStaged(from: source)
     }
 
+    /// Takes the next frame slot and copies `count` segments into the pool; a full batch (or
+    /// pool), or one staged by another source, is forwarded first.
     @inline(__always)
-    private func reserveSlot(segmentCount: Int, from source: Int) -> Int {
-        precondition(segmentCount > 0 && segmentCount <= Virtqueue.maxSegmentsPerChain, "a frame of \(segmentCount) segments")
+    private func append(segments: UnsafePointer<Segment>, count: Int, from source: Int) -> (slot: Int, copy: UnsafePointer<Segment>) {
+        precondition(count > 0 && count <= Virtqueue.maxSegmentsPerChain, "a frame of \(count) segments")
         if batch.count != 0 && (batch.source != source || batch.count == FrameBatch.capacity
-            || batch.segmentCount &+ segmentCount > FrameBatch.segmentCapacity) {
+            || batch.segmentCount &+ count > FrameBatch.segmentCapacity) {
             forwardStaged(from: batch.source)
         }
         batch.source = source
         let slot = batch.count
         batch.count &+= 1
-        return slot
+        let copy = batch.segments + batch.segmentCount
+        copy.initialize(from: segments, count: count)
+        batch.segmentCount &+= count
+        return (slot, UnsafePointer(copy))
     }
 
     /// Forwards every staged frame of `source`: phase one reads headers, learns and looks up
