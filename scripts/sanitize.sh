@@ -30,6 +30,7 @@ if [ "${2:-}" = --integration ]; then
   export ASAN_OPTIONS="log_path=$REPORTS/asan:detect_leaks=0"
   export VHOST_NETMAP_BIN=$(pwd)/$BUILD/release/vhost-netmap
   for t in "Tests/Integration/testpmd-switching.sh ,mrg_rxbuf=1,queue_size=256" "Tests/Integration/testpmd-switching.sh ,queue_size=256 2" \
+           "Tests/Integration/testpmd-switching.sh ,queue_size=256 2 2" "Tests/Integration/multi-worker.sh 2 2 4" \
            "Tests/Integration/backend-restart.sh 2" "Tests/Integration/frontend-churn.sh 200" "Tests/Integration/host-port.sh"; do
     $t > "$REPORTS/$(basename "${t%% *}" .sh).log" 2>&1 && echo "  ok: $t" || { echo "  FAIL: $t (log: $REPORTS)"; rc=1; }
   done

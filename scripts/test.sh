@@ -55,6 +55,9 @@ if [ -z "${SKIP_INTEGRATION:-}" ]; then
   run Tests/Integration/testpmd-switching.sh ",packed_vq=1,mrg_rxbuf=0,queue_size=1024"
   run Tests/Integration/testpmd-switching.sh ",packed_vq=1,in_order=1,queue_size=256" 2
   run Tests/Integration/testpmd-switching.sh ",in_order=0,mrg_rxbuf=0"
+  run Tests/Integration/testpmd-switching.sh ",queue_size=256" 2 2
+  run Tests/Integration/multi-worker.sh 2 2 8
+  run Tests/Integration/multi-worker.sh 2 2 8 ",packed_vq=1"
   run Tests/Integration/backend-restart.sh 5
   run Tests/Integration/inflight-restart.sh 20
   run Tests/Integration/frontend-churn.sh 1000

@@ -1,3 +1,4 @@
+import Synchronization
 import Netmap
 import VALESwitch
 import Virtio
@@ -25,9 +26,13 @@ public final class NetmapKernelPort: SwitchPort, @unchecked Sendable {
     private var rxCursor = 0
 
     /// Counters the switch does not keep: sync errors and slots the kernel side got wrong.
-    public private(set) var syncErrors: UInt64 = 0
+    /// Sync errors come from both sides (receive sync in `transmit`, transmit sync in
+    /// `flushDeliveries`), which two lanes may run at once: atomic.
+    private let syncErrorCount = Atomic<UInt64>(0)
+    private let lastSyncErrorValue = Atomic<Int32>(0)
+    public var syncErrors: UInt64 { syncErrorCount.load(ordering: .relaxed) }
+    public var lastSyncError: Int32 { lastSyncErrorValue.load(ordering: .relaxed) }
     public private(set) var badSlots: UInt64 = 0
-    public private(set) var lastSyncError: Int32 = 0
 
     public init(name: String, region: NetmapRegion, headerLength: Int, sync: NetmapSync, pollDescriptor: CInt) throws(NetmapRegion.LayoutError) {
         precondition([0, 10, 12].contains(headerLength))
@@ -51,21 +56,21 @@ public final class NetmapKernelPort: SwitchPort, @unchecked Sendable {
 
     // MARK: netmap RX → switch
 
-    public override func transmit(into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int {
+    public override func transmit(into lane: SwitchLane, as portIndex: Int, budget: Int) -> Int {
         guard !rxRings.isEmpty else { return 0 }
         let rc = sync.rxsync()
         if rc != 0 { noteSyncError(rc) }
         var moved = 0
         for k in 0..<rxRings.count where moved < budget {
             let ring = rxRings[(rxCursor &+ k) % rxRings.count]
-            moved &+= receive(from: ring, into: vale, as: portIndex, budget: budget &- moved)
+            moved &+= receive(from: ring, into: lane, as: portIndex, budget: budget &- moved)
         }
         rxCursor &+= 1
         return moved
     }
 
     @inline(__always)
-    private func receive(from ring: NetmapRing, into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int {
+    private func receive(from ring: NetmapRing, into lane: SwitchLane, as portIndex: Int, budget: Int) -> Int {
         var head = ring.head
         let tail = ring.tail
         guard head < ring.slotCount, tail < ring.slotCount else {
@@ -101,16 +106,16 @@ public final class NetmapKernelPort: SwitchPort, @unchecked Sendable {
             guard complete else { break }
             if !valid || length < headerLength {
                 badSlots &+= 1
-                vale.countBadDescriptor(from: portIndex)
+                lane.countBadDescriptor(from: portIndex)
             } else {
-                vale.stage(segments: segments.storage, count: segments.count, offset: headerLength,
+                lane.stage(segments: segments.storage, count: segments.count, offset: headerLength,
                            length: length &- headerLength, queuePair: queuePair, from: portIndex)
             }
             moved &+= 1
             head = slotIndex
         }
         // The slots are read until here; only then are they given back to the kernel.
-        vale.forwardStaged(from: portIndex)
+        lane.forwardStaged(from: portIndex)
         ring.head = head
         ring.cur = head
         return moved
@@ -169,23 +174,23 @@ public final class NetmapKernelPort: SwitchPort, @unchecked Sendable {
     }
 
     private func noteSyncError(_ errno: Int32) {
-        syncErrors &+= 1
-        lastSyncError = errno
+        syncErrorCount.add(1, ordering: .relaxed)
+        lastSyncErrorValue.store(errno, ordering: .relaxed)
     }
 
     // MARK: Sleeping
 
-    public override func pollDescriptors() -> [CInt] { pollDescriptor >= 0 ? [pollDescriptor] : [] }
-    public override func wakeDescriptors() -> [CInt] { sync.notificationDescriptors }
+    public override func pollDescriptors(for lane: SwitchLane, as portIndex: Int) -> [CInt] { pollDescriptor >= 0 ? [pollDescriptor] : [] }
+    public override func wakeDescriptors(for lane: SwitchLane, as portIndex: Int) -> [CInt] { sync.notificationDescriptors }
 
     /// Frames already reported by the last sync and not yet taken (after asking the kernel loop,
     /// if there is one, for a notification).
-    public override func prepareToSleep() -> Bool {
+    public override func prepareToSleep(for lane: SwitchLane, as portIndex: Int) -> Bool {
         sync.enableNotifications()
         return rxRings.contains { $0.head != $0.tail }
     }
 
-    public override func finishSleeping() {
+    public override func finishSleeping(for lane: SwitchLane, as portIndex: Int) {
         sync.disableNotifications()
     }
 }

@@ -6,15 +6,17 @@ import URing
 import VALESwitch
 import VhostSystem
 
-/// The thread that runs one switch's data path: it lets each port move a batch of frames,
-/// and when no port has work it re-enables guest kicks and sleeps on io_uring until a kick
-/// eventfd (or the control plane's wake-up) fires. Each wake-up descriptor has an io_uring read
+/// The thread that runs one lane of a switch's data path (`SwitchLane`: with one lane, the whole
+/// switch): it lets each of the lane's sources move a batch of frames, and when none has work
+/// it re-enables guest kicks and sleeps on io_uring until a kick eventfd (or the control
+/// plane's wake-up) fires. Each wake-up descriptor has an io_uring read
 /// armed on it, so a kick is consumed by the completion itself (no poll-then-read). In busy-poll
 /// mode it never sleeps.
 public final class SwitchWorker: @unchecked Sendable {
     public static let batch = 32
 
     public let vale: VALESwitch
+    public let lane: SwitchLane
     private let wake: OwnedDescriptor
     private let busyPoll: Bool
     private let cpu: Int?
@@ -25,11 +27,13 @@ public final class SwitchWorker: @unchecked Sendable {
     /// sink serves every armed read (it outlives the worker's ring).
     private let kickSink = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)
 
-    public init(vale: VALESwitch, busyPoll: Bool, cpu: Int?, logger: Logger) throws {
+    public init(lane: SwitchLane, of vale: VALESwitch, busyPoll: Bool, cpu: Int?, logger: Logger) throws {
         self.vale = vale
+        self.lane = lane
         self.busyPoll = busyPoll
         self.cpu = cpu
-        self.logger = logger.with("switch", vale.name)
+        self.logger = vale.lanes.count == 1 ? logger.with("switch", vale.name)
+            : logger.with("switch", vale.name).with("lane", "\(lane.index)")
         wake = try EventFD.make()
     }
 
@@ -60,7 +64,7 @@ public final class SwitchWorker: @unchecked Sendable {
     }
 
     private func run() {
-        Posix.setThreadName("vale-\(vale.name)")
+        Posix.setThreadName(vale.lanes.count == 1 ? "vale-\(vale.name)" : "vale-\(vale.name)/\(lane.index)")
         if let cpu, !Posix.pinThread(toCPU: cpu) {
             logger.warning("could not pin worker to CPU \(cpu)")
         }
@@ -81,31 +85,32 @@ public final class SwitchWorker: @unchecked Sendable {
         // the guest a syscall per batch (DPDK's vhost turns them off the same way).
         var kicksOffGeneration: UInt64 = .max
         while !stopping.load(ordering: .acquiring) {
-            let moved = vale.lock.withLock { _ in
-                let moved = vale.runPass(budget: Self.batch)
+            let moved = lane.lock.withLock {
+                let moved = lane.runPass(budget: Self.batch)
                 if busyPoll && vale.generation != kicksOffGeneration {
                     kicksOffGeneration = vale.generation
-                    for p in vale.attachedPorts { p.port.finishSleeping() }
+                    for s in lane.sources { s.port.finishSleeping(for: lane, as: s.index) }
                 }
                 return moved
             }
             if moved > 0 || busyPoll { continue }
 
             // Nothing to do: ask for wake-ups, re-check, then sleep.
-            let mustStayAwake: Bool = vale.lock.withLock { _ in
+            let mustStayAwake: Bool = lane.lock.withLock {
                 var pending = false
                 var polled = false
-                for p in vale.attachedPorts {
-                    if p.port.prepareToSleep() { pending = true }
-                    if p.port.needsPolling { polled = true }
+                let owned = lane.sources
+                for s in owned {
+                    if s.port.prepareToSleep(for: lane, as: s.index) { pending = true }
+                    if s.port.needsPolling(for: lane, as: s.index) { polled = true }
                 }
                 if vale.generation != sources.generation {
                     sources.rebuild(on: ring, generation: vale.generation,
-                                    eventFDs: vale.attachedPorts.flatMap { $0.port.wakeDescriptors() },
-                                    readable: vale.attachedPorts.flatMap { $0.port.pollDescriptors() })
+                                    eventFDs: owned.flatMap { $0.port.wakeDescriptors(for: lane, as: $0.index) },
+                                    readable: owned.flatMap { $0.port.pollDescriptors(for: lane, as: $0.index) })
                 }
                 if pending || polled {
-                    for p in vale.attachedPorts { p.port.finishSleeping() }
+                    for s in owned { s.port.finishSleeping(for: lane, as: s.index) }
                 }
                 return pending || polled
             }
@@ -121,14 +126,14 @@ public final class SwitchWorker: @unchecked Sendable {
                     logger.error("wake-up \(source) failed: \(Errno(rawValue: -c.result)); it is no longer watched")
                 }
             }
-            vale.lock.withLock { _ in
+            lane.lock.withLock {
                 // Every source that fired is armed again before the ports run, so a frame that
                 // arrives from here on wakes the next sleep.
                 for source in fired { sources.arm(source, on: ring) }
-                for p in vale.attachedPorts { p.port.finishSleeping() }
+                for s in lane.sources { s.port.finishSleeping(for: lane, as: s.index) }
             }
         }
-        vale.lock.withLock { _ in vale.flushDeliveries() }
+        lane.lock.withLock { lane.flushDeliveries() }
     }
 }
 
@@ -174,4 +179,24 @@ struct WakeTable {
             ring.pollAdd(fd: readable[i], userData: source.userData)
         }
     }
+}
+
+/// The workers of one switch, one per lane, started, poked and stopped together.
+public final class SwitchWorkers: @unchecked Sendable {
+    public let vale: VALESwitch
+    public let workers: [SwitchWorker]
+
+    /// One worker per lane of `vale`; lane k is pinned to `cpus[k]` if given.
+    public init(vale: VALESwitch, busyPoll: Bool, cpus: [Int?], logger: Logger) throws {
+        self.vale = vale
+        workers = try vale.lanes.map { lane in
+            try SwitchWorker(lane: lane, of: vale, busyPoll: busyPoll,
+                             cpu: lane.index < cpus.count ? cpus[lane.index] : nil, logger: logger)
+        }
+    }
+
+    public func start() { for w in workers { w.start() } }
+    public func stop() { for w in workers { w.stop() } }
+    /// Wakes every worker so each notices configuration changes.
+    public func poke() { for w in workers { w.poke() } }
 }

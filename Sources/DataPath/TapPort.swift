@@ -170,7 +170,7 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
 
     // MARK: Host → switch
 
-    public override func transmit(into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int {
+    public override func transmit(into lane: SwitchLane, as portIndex: Int, budget: Int) -> Int {
         var moved = 0
         receiveRing.reap { c in
             let index = Int(c.userData)
@@ -180,7 +180,7 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
                 let header = VirtioNetHeader(bytes: base, length: Self.headerLength)
                 var segment = Segment(base: base, length: Int(c.result))
                 withUnsafePointer(to: &segment) {
-                    vale.forward(Frame(header: header, segments: $0, segmentCount: 1, offset: Self.headerLength,
+                    lane.forward(Frame(header: header, segments: $0, segmentCount: 1, offset: Self.headerLength,
                                        length: Int(c.result) &- Self.headerLength, queuePair: queue), from: portIndex)
                 }
                 moved &+= 1
@@ -245,10 +245,10 @@ public final class TapPort: SwitchPort, @unchecked Sendable {
 
     // MARK: Sleeping
 
-    public override func wakeDescriptors() -> [CInt] { [wake.rawValue] }
+    public override func wakeDescriptors(for lane: SwitchLane, as portIndex: Int) -> [CInt] { [wake.rawValue] }
 
     /// Read completions that arrived after the last pass: the worker must not sleep on them.
-    public override func prepareToSleep() -> Bool { receiveRing.readyCount > 0 }
+    public override func prepareToSleep(for lane: SwitchLane, as portIndex: Int) -> Bool { receiveRing.readyCount > 0 }
 }
 
 public struct HostPortError: Error, CustomStringConvertible {

@@ -5,8 +5,10 @@ import Virtio
 /// The data path of one vhost-user virtio-net device, seen by the switch as a port.
 ///
 /// Its queues are configured by `VhostNetDevice` on the control thread with the switch lock
-/// held; the switch worker uses them under the same lock. Receive queues are the even rings,
-/// transmit queues the odd ones (RX = 2i, TX = 2i + 1 for queue pair i).
+/// held (every lane's). Receive queues are the even rings, transmit queues the odd ones
+/// (RX = 2i, TX = 2i + 1 for queue pair i). Each transmit queue is read by the lane that owns
+/// its pair, with that lane's scratch; the receive side (rings, `pending`, `rxSegments`,
+/// `dirtyRX`) is written by one lane at a time, under the switch's lock for this port.
 public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     /// A receive chain taken for the packet being delivered: (head, bytes written).
     private struct PendingUsed {
@@ -51,15 +53,10 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     package var headerLength = 12
     package var mergeable = false
 
-    private let txSegments = SegmentList(capacity: Virtqueue.maxSegmentsPerChain)
-    /// Heads of the transmit chains taken for the batch being forwarded.
-    private static let transmitBatchCapacity = 256
-    private let transmitHeads = UnsafeMutablePointer<UInt16>.allocate(capacity: transmitBatchCapacity)
     private let rxSegments = SegmentList(capacity: Virtqueue.maxSegmentsPerChain)
     private let pending: UnsafeMutablePointer<PendingUsed>
     private let pendingCapacity = 1024
     private var dirtyRX: UInt64 = 0
-    private var txCursor = 0
     let onBroken: (Virtqueue) -> Void
 
     package init(queueCount: Int, onBroken: @escaping (Virtqueue) -> Void) {
@@ -77,7 +74,6 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     deinit {
         announcementBuffer.deallocate()
         pending.deallocate()
-        transmitHeads.deallocate()
         readyTXStorage.deallocate()
         readyRXStorage.deallocate()
     }
@@ -100,37 +96,42 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
 
     // MARK: Guest TX → switch
 
-    public override func transmit(into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int {
+    public override var spreadsQueuePairs: Bool { true }
+
+    public override func transmit(into lane: SwitchLane, as portIndex: Int, budget: Int) -> Int {
         var moved = 0
-        if let announcement = pendingAnnouncement {
+        if let announcement = pendingAnnouncement, lane.owns(port: portIndex, queuePair: 0) {
             pendingAnnouncement = nil
-            sendAnnouncement(announcement, into: vale, as: portIndex)
+            sendAnnouncement(announcement, into: lane, as: portIndex)
             moved = 1
         }
         let count = readyTXCount
         guard count > 0 else { return moved }
+        let start = lane.passes
         for k in 0..<count {
-            moved &+= readyTXStorage[(txCursor &+ k) % count].queue._withUnsafeGuaranteedRef {
-                transmit($0, into: vale, as: portIndex, budget: budget &- moved)
+            moved &+= readyTXStorage[(start &+ k) % count].queue._withUnsafeGuaranteedRef {
+                lane.owns(port: portIndex, queuePair: $0.index >> 1)
+                    ? transmit($0, into: lane, as: portIndex, budget: budget &- moved) : 0
             }
             if moved >= budget { break }
         }
-        txCursor &+= 1
         return moved
     }
 
     /// Takes up to `budget` chains, has the switch forward them as one batch, then uses them.
     @inline(__always)
-    private func transmit(_ q: Virtqueue, into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int {
+    private func transmit(_ q: Virtqueue, into lane: SwitchLane, as portIndex: Int, budget: Int) -> Int {
         guard let available = q.availableCount() else {
             if q.broken { reportBroken(q) }
             return 0
         }
-        let n = min(available, budget, Self.transmitBatchCapacity)
+        let n = min(available, budget, SwitchLane.transmitHeadCapacity)
         if n == 0 { return 0 }
         q.prefetch(upTo: 2 &* n, writable: false)
         let hdrLen = headerLength
         let queuePair = q.index >> 1
+        let txSegments = lane.transmitSegments
+        let transmitHeads = lane.transmitHeads
         var taken = 0
         while taken < n {
             guard let result = q.nextChain(writable: false, into: txSegments) else {
@@ -139,13 +140,13 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
             }
             switch result {
             case .bad(let head, _):
-                vale.countBadDescriptor(from: portIndex)
+                lane.countBadDescriptor(from: portIndex)
                 transmitHeads[taken] = head
             case .chain(let head, let length):
                 if length < hdrLen {
-                    vale.countBadDescriptor(from: portIndex)
+                    lane.countBadDescriptor(from: portIndex)
                 } else {
-                    vale.stage(segments: txSegments.storage, count: txSegments.count, offset: hdrLen,
+                    lane.stage(segments: txSegments.storage, count: txSegments.count, offset: hdrLen,
                                length: length &- hdrLen, queuePair: queuePair, from: portIndex)
                 }
                 transmitHeads[taken] = head
@@ -153,7 +154,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
             taken &+= 1
         }
         // The frames are read from the chains until here; only then are the chains used.
-        vale.forwardStaged(from: portIndex)
+        lane.forwardStaged(from: portIndex)
         // IN_ORDER: the batch's chains share one used element (written at publishUsed).
         if features.contains(.inOrder) {
             for k in 0..<taken { q.foldUsed(head: transmitHeads[k]) }
@@ -169,12 +170,12 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     package var pendingAnnouncement: [UInt8]?
     private let announcementBuffer = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 8)
 
-    private func sendAnnouncement(_ mac: [UInt8], into vale: VALESwitch, as portIndex: Int) {
+    private func sendAnnouncement(_ mac: [UInt8], into lane: SwitchLane, as portIndex: Int) {
         let frame = Self.rarpFrame(for: mac)
         frame.withUnsafeBytes { announcementBuffer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         var segment = Segment(base: announcementBuffer, length: frame.count)
         withUnsafePointer(to: &segment) {
-            vale.forward(Frame(header: VirtioNetHeader(), segments: $0, segmentCount: 1, offset: 0, length: frame.count, queuePair: 0), from: portIndex)
+            lane.forward(Frame(header: VirtioNetHeader(), segments: $0, segmentCount: 1, offset: 0, length: frame.count, queuePair: 0), from: portIndex)
         }
     }
 
@@ -379,24 +380,29 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
 
     // MARK: Sleeping and waking
 
-    public override func wakeDescriptors() -> [CInt] {
-        readyTX.compactMap { r in r.queue._withUnsafeGuaranteedRef { kickDescriptors[$0.index] >= 0 ? kickDescriptors[$0.index] : nil } }
+    /// The running transmit rings that `lane` reads.
+    private func transmitQueues(of lane: SwitchLane, as portIndex: Int) -> [Virtqueue] {
+        readyTX.compactMap { r in
+            r.queue._withUnsafeGuaranteedRef { lane.owns(port: portIndex, queuePair: $0.index >> 1) ? $0 : nil }
+        }
     }
 
-    public override var needsPolling: Bool { polledTX }
+    public override func wakeDescriptors(for lane: SwitchLane, as portIndex: Int) -> [CInt] {
+        transmitQueues(of: lane, as: portIndex).compactMap { kickDescriptors[$0.index] >= 0 ? kickDescriptors[$0.index] : nil }
+    }
 
-    public override func prepareToSleep() -> Bool {
+    public override func needsPolling(for lane: SwitchLane, as portIndex: Int) -> Bool { polledTX }
+
+    public override func prepareToSleep(for lane: SwitchLane, as portIndex: Int) -> Bool {
         var pendingWork = false
-        for r in readyTX {
-            r.queue._withUnsafeGuaranteedRef { q in
-                q.enableKicks()
-                if let n = q.refreshAvailable(), n > 0 { pendingWork = true }
-            }
+        for q in transmitQueues(of: lane, as: portIndex) {
+            q.enableKicks()
+            if let n = q.refreshAvailable(), n > 0 { pendingWork = true }
         }
         return pendingWork
     }
 
-    public override func finishSleeping() {
-        for r in readyTX { r.queue._withUnsafeGuaranteedRef { $0.disableKicks() } }
+    public override func finishSleeping(for lane: SwitchLane, as portIndex: Int) {
+        for q in transmitQueues(of: lane, as: portIndex) { q.disableKicks() }
     }
 }

@@ -1,9 +1,11 @@
 import Glibc
 import Synchronization
+import VhostSystem
 import Virtio
 
-/// Copies of one port's frames for `vhost-netmap capture`: the switch's worker writes records
-/// into a bounded ring, the control thread takes them out as pcap records. When the ring is full
+/// Copies of one port's frames for `vhost-netmap capture`: the switch's workers write records
+/// into a bounded ring (one at a time: lanes share a port's frames), the control thread takes
+/// them out as pcap records. When the ring is full
 /// the copy is dropped and counted; the frame itself goes on as if nobody watched.
 public final class PortCapture: @unchecked Sendable {
     /// Which frames, seen from the port: `tx` what it sent into the switch (a guest's transmit),
@@ -23,6 +25,8 @@ public final class PortCapture: @unchecked Sendable {
     private let written = Atomic<Int>(0)
     private let taken = Atomic<Int>(0)
     private let droppedCopies = Atomic<Int>(0)
+    /// Taken by each writer: a multi-queue port's frames are written by several lanes.
+    private let writer = PosixMutex()
 
     public var dropped: Int { droppedCopies.load(ordering: .relaxed) }
     public var recorded: Int { written.load(ordering: .relaxed) }
@@ -45,6 +49,8 @@ public final class PortCapture: @unchecked Sendable {
     /// Worker side: copies `frame` (its first `snapLength` bytes) with the time, or counts a drop.
     @inline(never)
     func record(_ frame: Frame) {
+        writer.lock()
+        defer { writer.unlock() }
         let w = written.load(ordering: .relaxed)
         guard w &- taken.load(ordering: .acquiring) < capacity else {
             droppedCopies.add(1, ordering: .relaxed)

@@ -1,6 +1,7 @@
 /// Per-port counters, from the switch's point of view: "in" is what the port sent into the
 /// switch (its guest's TX), "out" what the switch delivered to it (its guest's RX).
-/// Written only by the switch's worker; read under the switch lock.
+/// Each lane of the switch keeps its own, written only by its worker; read (summed) under the
+/// switch lock.
 public struct PortCounters: Sendable, Equatable, Codable {
     public var inPackets: UInt64 = 0
     public var inBytes: UInt64 = 0
@@ -20,4 +21,20 @@ public struct PortCounters: Sendable, Equatable, Codable {
     public var dropSamePort: UInt64 = 0
 
     public init() {}
+}
+
+extension PortCounters {
+    /// Adds `other`'s counts (the switch sums its lanes').
+    mutating func add(_ other: PortCounters) {
+        inPackets &+= other.inPackets
+        inBytes &+= other.inBytes
+        outPackets &+= other.outPackets
+        outBytes &+= other.outBytes
+        dropShort &+= other.dropShort
+        dropBadDescriptor &+= other.dropBadDescriptor
+        dropNoRoom &+= other.dropNoRoom
+        dropNotReady &+= other.dropNotReady
+        dropOffload &+= other.dropOffload
+        dropSamePort &+= other.dropSamePort
+    }
 }

@@ -5,7 +5,7 @@ import Virtio
 /// gets all of its frames in one call. Staging a frame also starts loading its first lines, so
 /// the reads of phase one overlap instead of stalling one by one.
 ///
-/// Fixed storage, allocated once per switch; only the worker touches it (switch lock held).
+/// Fixed storage, allocated once per lane; only the lane's worker touches it (lane lock held).
 final class FrameBatch {
     static let capacity = 32
     /// Segments of all staged frames; a chain with more than what is left forwards the batch first.
@@ -48,8 +48,8 @@ final class FrameBatch {
     }
 }
 
-extension VALESwitch {
-    // MARK: Data path (worker thread, `lock` held)
+extension SwitchLane {
+    // MARK: Data path (the lane's worker, lane lock held)
 
     /// Stages a frame of `source` whose first `offset` bytes are its virtio-net header (read
     /// later, by `forwardStaged`). The segments are copied; the bytes stay where they are, so the
@@ -100,11 +100,12 @@ extension VALESwitch {
         let n = batch.count
         guard n > 0 else { return }
         precondition(batch.source == source, "frames staged by port \(batch.source) forwarded as port \(source)")
-        for i in 0..<n { batch.destinations[i] = destination(of: i, from: source) }
+        let vale = self.vale.unsafelyUnwrapped
+        for i in 0..<n { batch.destinations[i] = destination(of: i, from: source, in: vale) }
         if batch.floods {
-            for k in 0..<activeCount where activeList[k] != source { deliverStaged(to: activeList[k]) }
+            for k in 0..<vale.activeCount where vale.activeList[k] != source { deliverStaged(to: vale.activeList[k], in: vale) }
         } else {
-            for k in 0..<batch.touchedCount { deliverStaged(to: Int(batch.touched[k])) }
+            for k in 0..<batch.touchedCount { deliverStaged(to: Int(batch.touched[k]), in: vale) }
         }
         for k in 0..<batch.touchedCount { batch.isTouched[Int(batch.touched[k])] = false }
         batch.touchedCount = 0
@@ -115,7 +116,7 @@ extension VALESwitch {
 
     /// Phase one for frame `i`: header, counters, capture, learning, lookup.
     @inline(__always)
-    private func destination(of i: Int, from source: Int) -> UInt16 {
+    private func destination(of i: Int, from source: Int, in vale: VALESwitch) -> UInt16 {
         let frame = batch.frames + i
         if batch.headerPending[i] {
             frame.pointee.header = VirtioNetHeader(segments: frame.pointee.segments, count: frame.pointee.segmentCount,
@@ -127,11 +128,11 @@ extension VALESwitch {
         }
         counters[source].inPackets &+= 1
         counters[source].inBytes &+= UInt64(frame.pointee.length)
-        if captureCount != 0, let c = captures[source], c.tx { c.capture._withUnsafeGuaranteedRef { $0.record(frame.pointee) } }
+        if vale.captureCount != 0, let c = vale.captures[source], c.tx { c.capture._withUnsafeGuaranteedRef { $0.record(frame.pointee) } }
 
-        let (dst, src) = Self.addresses(of: frame.pointee)
-        if src & 1 == 0 { learning.learn(src, port: source) }
-        if dst & 1 == 0, let d = learning.lookup(dst) {
+        let (dst, src) = VALESwitch.addresses(of: frame.pointee)
+        if src & 1 == 0 { vale.learning.learn(src, port: source) }
+        if dst & 1 == 0, let d = vale.learning.lookup(dst) {
             if d == source {
                 counters[source].dropSamePort &+= 1
                 return FrameBatch.nowhere
@@ -147,10 +148,11 @@ extension VALESwitch {
         return FrameBatch.flood
     }
 
-    /// Phase two for one destination: its unicast frames and the floods, in batch order.
+    /// Phase two for one destination: its unicast frames and the floods, in batch order. With
+    /// more than one lane, the destination's receive side is locked for the call.
     @inline(__always)
-    private func deliverStaged(to d: Int) {
-        guard let port = slots[d].port else { return }
+    private func deliverStaged(to d: Int, in vale: VALESwitch) {
+        guard let port = vale.slots[d].port else { return }
         let wanted = UInt16(d)
         var selected = 0
         for i in 0..<batch.count where batch.destinations[i] == wanted || batch.destinations[i] == FrameBatch.flood {
@@ -158,21 +160,23 @@ extension VALESwitch {
             selected &+= 1
         }
         guard selected > 0 else { return }
+        if vale.sharedDestinations { vale.slotLocks.lock(d) }
         port._withUnsafeGuaranteedRef {
             $0.deliver(UnsafePointer(batch.frames), selection: UnsafePointer(batch.selection), count: selected, results: batch.results)
         }
+        if vale.sharedDestinations { vale.slotLocks.unlock(d) }
         for k in 0..<selected {
-            account(batch.results[k], of: batch.frames[Int(batch.selection[k])], to: d)
+            account(batch.results[k], of: batch.frames[Int(batch.selection[k])], to: d, in: vale)
         }
     }
 
     @inline(__always)
-    private func account(_ result: DeliveryResult, of frame: Frame, to index: Int) {
+    private func account(_ result: DeliveryResult, of frame: Frame, to index: Int, in vale: VALESwitch) {
         switch result {
         case .delivered:
             counters[index].outPackets &+= 1
             counters[index].outBytes &+= UInt64(frame.length)
-            if captureCount != 0, let c = captures[index], c.rx { c.capture._withUnsafeGuaranteedRef { $0.record(frame) } }
+            if vale.captureCount != 0, let c = vale.captures[index], c.rx { c.capture._withUnsafeGuaranteedRef { $0.record(frame) } }
             if !dirty[index] {
                 dirty[index] = true
                 dirtyList[dirtyCount] = index
@@ -185,17 +189,24 @@ extension VALESwitch {
         }
     }
 
-    /// Publishes every destination written since the last flush.
+    /// Publishes every destination this lane wrote since its last flush (and, with shared
+    /// destinations, whatever other lanes wrote there: theirs is complete under the same lock).
     @inline(__always)
     public func flushDeliveries() {
+        let vale = self.vale.unsafelyUnwrapped
         for k in 0..<dirtyCount {
             let i = dirtyList[k]
             dirty[i] = false
-            slots[i].port?._withUnsafeGuaranteedRef { $0.flushDeliveries() }
+            guard let port = vale.slots[i].port else { continue }
+            if vale.sharedDestinations { vale.slotLocks.lock(i) }
+            port._withUnsafeGuaranteedRef { $0.flushDeliveries() }
+            if vale.sharedDestinations { vale.slotLocks.unlock(i) }
         }
         dirtyCount = 0
     }
+}
 
+extension VALESwitch {
     /// Destination and source MAC (48 bits each, first byte in the low bits: bit 0 is the
     /// group bit). Read once from the frame; it may span segments.
     @inline(__always)

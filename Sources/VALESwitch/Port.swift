@@ -45,20 +45,30 @@ public enum DeliveryResult {
     case badDescriptor
 }
 
-/// A port of a switch: a vhost-user device, and later a netmap kernel port or a TAP host port.
+/// A port of a switch: a vhost-user device, a netmap kernel port or a TAP host port.
 ///
 /// A class rather than a protocol so the switch can call it through an unretained reference
 /// (`Unmanaged`) with no reference counting per packet; subclasses override every method.
-/// All methods are called by the switch's worker thread with the switch lock held, so a port
-/// needs no locking of its own on the data path. Calls are per batch, except the one-frame
-/// `deliver` that the batch `deliver` calls unless a port overrides it.
+///
+/// Threading. The switch's lanes call a port; each holds its own lane lock, and the control
+/// plane holds every lane's lock while it changes a port, so what the control plane sets is
+/// stable for the data path. The transmit side (`transmit` and the sleep calls) is called only
+/// by the lane that owns it: the lane that owns queue pair 0, or, for a port that spreads its
+/// queue pairs, each lane for the pairs it owns (`SwitchLane.owns`), which is then all it may
+/// read. The receive side (`deliver`, `flushDeliveries`) is called by any lane, one at a time
+/// (the switch locks it per batch when there are several lanes); it must not share unguarded
+/// state with the transmit side. Calls are per batch, except the one-frame `deliver` that the
+/// batch `deliver` calls unless a port overrides it.
 open class SwitchPort {
     public init() {}
 
-    /// Moves up to `budget` frames from this port into `vale`: stages them (`vale.stage`), has
-    /// them forwarded (`vale.forwardStaged`), and only then returns its own buffers. Returns
-    /// the number of frames taken.
-    open func transmit(into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int { 0 }
+    /// Whether each transmit queue pair is a source of its own, so that lanes read a
+    /// multi-queue port in parallel. False: the whole port is one source.
+    open var spreadsQueuePairs: Bool { false }
+    /// Moves up to `budget` frames from this port (the queue pairs `lane` owns) into the switch:
+    /// stages them (`lane.stage`), has them forwarded (`lane.forwardStaged`), and only then
+    /// returns its own buffers. Returns the number of frames taken.
+    open func transmit(into lane: SwitchLane, as portIndex: Int, budget: Int) -> Int { 0 }
     /// Copies `frame` into this port's receive buffers.
     open func deliver(_ frame: Frame) -> DeliveryResult { .notReady }
     /// Copies a batch's frames for this port (`frames[selection[k]]`, k < count, in order) into
@@ -70,15 +80,18 @@ open class SwitchPort {
     }
     /// Publishes what `deliver` wrote since the last flush and notifies the peer if it asks.
     open func flushDeliveries() {}
-    /// Eventfds that count when this port has new frames (kick eventfds); the worker consumes
-    /// them with 8-byte reads.
-    open func wakeDescriptors() -> [CInt] { [] }
+
+    // Sleeping and waking: called by the lanes that transmit from this port, for what they own.
+
+    /// Eventfds that count when this port has new frames for `lane` (kick eventfds); the worker
+    /// consumes them with 8-byte reads.
+    open func wakeDescriptors(for lane: SwitchLane, as portIndex: Int) -> [CInt] { [] }
     /// Descriptors that poll readable when this port has new frames (a netmap file descriptor).
-    open func pollDescriptors() -> [CInt] { [] }
+    open func pollDescriptors(for lane: SwitchLane, as portIndex: Int) -> [CInt] { [] }
     /// True if frames may be waiting with no wake-up possible (a ring in polling mode).
-    open var needsPolling: Bool { false }
+    open func needsPolling(for lane: SwitchLane, as portIndex: Int) -> Bool { false }
     /// Re-enables wake-ups before the worker sleeps; true if frames arrived meanwhile.
-    open func prepareToSleep() -> Bool { false }
+    open func prepareToSleep(for lane: SwitchLane, as portIndex: Int) -> Bool { false }
     /// Suppresses wake-ups again after the worker woke.
-    open func finishSleeping() {}
+    open func finishSleeping(for lane: SwitchLane, as portIndex: Int) {}
 }

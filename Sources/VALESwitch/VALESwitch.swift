@@ -1,4 +1,4 @@
-import Synchronization
+import Glibc
 import VhostSystem
 import Virtio
 
@@ -16,13 +16,24 @@ public enum SwitchError: Error, Equatable, CustomStringConvertible {
 
 /// The embedded VALE-compatible switch: a learning bridge over up to 254 ports.
 ///
-/// One worker thread runs the data path of a switch; `lock` is held by it for a pass over the
-/// ports and by the control plane while it changes a port, so the data path takes no other lock.
+/// Its data path runs on one or more lanes (`SwitchLane`), one worker thread each. A lane owns
+/// its sources (a port, or one transmit queue pair of a multi-queue port) and forwards their
+/// frames with state of its own: its batch, its counters, its list of destinations to publish.
+/// What lanes share is read-only while they run (the port table, changed only with `lock` held,
+/// which holds every lane's lock), or made for sharing: the learning table's entries are single
+/// atomic words, a capture takes its own lock, and a destination port's receive side is taken
+/// once per batch (`slotLocks`, only with more than one lane).
 public final class VALESwitch: @unchecked Sendable {
     public static let maxPorts = 254
 
     public let name: String
-    public let lock = Lock<Void>(())
+    public let lanes: [SwitchLane]
+    /// Every lane's lock, taken in lane order: the control plane holds it while it changes the
+    /// switch, and each lane's worker holds its own lane's for a pass.
+    public let lock: SwitchLock
+    /// True with more than one lane: destinations' receive sides are then locked per batch.
+    let sharedDestinations: Bool
+    let slotLocks: SlotLocks
 
     /// Strong references: they keep the ports alive while attached.
     private var ports: [SwitchPort?]
@@ -38,13 +49,7 @@ public final class VALESwitch: @unchecked Sendable {
     struct PortSlot {
         var port: Unmanaged<SwitchPort>?
     }
-    public private(set) var counters: UnsafeMutablePointer<PortCounters>
     public let learning = LearningTable()
-    let dirty: UnsafeMutablePointer<Bool>
-    let dirtyList: UnsafeMutablePointer<Int>
-    var dirtyCount = 0
-    /// The frames of the source port being forwarded (Forwarding.swift).
-    let batch = FrameBatch()
     /// Ports being captured (`PortCapture`): tested once per frame, nonzero only while a capture runs.
     var captureCount = 0
     let captures: UnsafeMutablePointer<CaptureSlot?>
@@ -52,31 +57,32 @@ public final class VALESwitch: @unchecked Sendable {
     /// Bumped (under the lock) whenever ports or their wake descriptors change.
     public private(set) var generation: UInt64 = 0
 
-    public init(name: String) {
+    /// A switch whose data path runs on `laneCount` lanes (one worker thread each).
+    public init(name: String, lanes laneCount: Int = 1) {
+        precondition(laneCount >= 1 && laneCount <= 64, "\(laneCount) lanes")
         self.name = name
         ports = Array(repeating: nil, count: Self.maxPorts)
         portNames = Array(repeating: nil, count: Self.maxPorts)
-        counters = .allocate(capacity: Self.maxPorts)
-        counters.initialize(repeating: PortCounters(), count: Self.maxPorts)
-        dirty = .allocate(capacity: Self.maxPorts)
-        dirty.initialize(repeating: false, count: Self.maxPorts)
-        dirtyList = .allocate(capacity: Self.maxPorts)
         slots = .allocate(capacity: Self.maxPorts)
         slots.initialize(repeating: PortSlot(port: nil), count: Self.maxPorts)
         activeList = .allocate(capacity: Self.maxPorts)
         captures = .allocate(capacity: Self.maxPorts)
         captures.initialize(repeating: nil, count: Self.maxPorts)
         retainedCaptures = Array(repeating: nil, count: Self.maxPorts)
+        sharedDestinations = laneCount > 1
+        slotLocks = SlotLocks(count: laneCount > 1 ? Self.maxPorts : 0)
+        let lanes = (0..<laneCount).map { SwitchLane(index: $0, of: laneCount) }
+        self.lanes = lanes
+        lock = SwitchLock(lanes.map(\.lock))
+        for lane in lanes { lane.vale = self }
     }
 
     deinit {
         slots.deallocate()
         activeList.deallocate()
-        counters.deallocate()
-        dirty.deallocate()
-        dirtyList.deallocate()
         learning.deallocate()
         captures.deallocate()
+        slotLocks.deallocate()
     }
 
     // MARK: Control plane (caller holds `lock`)
@@ -87,7 +93,7 @@ public final class VALESwitch: @unchecked Sendable {
         guard let i = ports.firstIndex(where: { $0 == nil }) else { throw .full(name) }
         ports[i] = port
         portNames[i] = portName
-        counters[i] = PortCounters()
+        for lane in lanes { lane.counters[i] = PortCounters() }
         active.append(i)
         slots[i].port = Unmanaged.passUnretained(port)
         rebuildActiveList()
@@ -125,24 +131,68 @@ public final class VALESwitch: @unchecked Sendable {
         portNames.firstIndex(of: portName)
     }
 
-    // MARK: Data path (worker thread, `lock` held)
+    /// Port `index`'s counters: the sum of every lane's.
+    public func counters(of index: Int) -> PortCounters {
+        var sum = PortCounters()
+        for lane in lanes { sum.add(lane.counters[index]) }
+        return sum
+    }
 
-    /// Lets every port move up to `budget` frames; returns the total moved.
-    @inline(never)
+    // MARK: Data path on one thread (tests, tools): `lock` held
+
+    /// Runs a pass of every lane in turn; returns the total moved.
     public func runPass(budget: Int) -> Int {
-        var moved = 0
-        for k in 0..<activeCount {
-            let i = activeList[k]
-            moved &+= slots[i].port.unsafelyUnwrapped._withUnsafeGuaranteedRef { $0.transmit(into: self, as: i, budget: budget) }
-            assert(batch.count == 0, "port \(i) staged frames it did not forward")
-            flushDeliveries()
-        }
-        return moved
+        lanes.reduce(0) { $0 &+ $1.runPass(budget: budget) }
     }
 
-    /// Counts a malformed descriptor chain against `port`.
-    @inline(__always)
-    public func countBadDescriptor(from port: Int) {
-        counters[port].dropBadDescriptor &+= 1
+    /// Publishes what every lane delivered since its last flush.
+    public func flushDeliveries() {
+        for lane in lanes { lane.flushDeliveries() }
     }
+}
+
+/// Every lane's lock of a switch, taken in lane order (so two holders cannot deadlock) and
+/// released in reverse.
+public final class SwitchLock: @unchecked Sendable {
+    private let locks: [PosixMutex]
+
+    init(_ locks: [PosixMutex]) { self.locks = locks }
+
+    public func withLock<Result, E: Error>(_ body: (inout Void) throws(E) -> Result) throws(E) -> Result {
+        for l in locks { l.lock() }
+        defer { for l in locks.reversed() { l.unlock() } }
+        var nothing: Void = ()
+        return try body(&nothing)
+    }
+}
+
+/// One pthread mutex per port slot, a cache line apart: the receive side of a destination that
+/// several lanes deliver into.
+struct SlotLocks {
+    private static let stride = 64
+    private let base: UnsafeMutableRawPointer
+    private let count: Int
+
+    init(count: Int) {
+        precondition(MemoryLayout<pthread_mutex_t>.size <= Self.stride)
+        self.count = count
+        base = .allocate(byteCount: max(count, 1) * Self.stride, alignment: Self.stride)
+        for i in 0..<count { pthread_mutex_init(mutex(i), nil) }
+    }
+
+    func deallocate() {
+        for i in 0..<count { pthread_mutex_destroy(mutex(i)) }
+        base.deallocate()
+    }
+
+    @inline(__always)
+    private func mutex(_ i: Int) -> UnsafeMutablePointer<pthread_mutex_t> {
+        (base + i &* Self.stride).assumingMemoryBound(to: pthread_mutex_t.self)
+    }
+
+    @inline(__always)
+    func lock(_ i: Int) { pthread_mutex_lock(mutex(i)) }
+
+    @inline(__always)
+    func unlock(_ i: Int) { pthread_mutex_unlock(mutex(i)) }
 }

@@ -31,8 +31,10 @@ public struct DaemonOptions: Sendable {
     /// Where ports attached without a socket path get theirs: `<dir>/<switch>/<port>.sock`.
     public var socketDirectory = PortSpec.defaultSocketDirectory
     public var busyPoll = false
-    /// CPU for each switch worker, in order of first appearance of the switch.
+    /// CPU for each switch worker: the lanes of the first switch to appear, then the next's.
     public var workerCPUs: [Int] = []
+    /// Worker threads (lanes) per embedded switch; a kernel cross-connect has one.
+    public var workersPerSwitch = 1
     public var reconnectInitialNanoseconds: UInt64 = 100_000_000
     public var reconnectMaxNanoseconds: UInt64 = 2_000_000_000
 
@@ -263,9 +265,9 @@ extension Daemon: ControlCommands {
     /// A vhost-user device for `spec` on its switch (kernel mode: on a switch of its own,
     /// cross-connected to the netmap port), served by the supervisor.
     package func attachPort(_ spec: PortSpec) throws -> Int {
-        let (vale, worker) = try topology.switchFor(spec)
+        let (vale, workers) = try topology.switchFor(spec)
         let device = try VhostNetDevice(name: spec.fullName, queuePairs: spec.queuePairs, vale: vale,
-                                        logger: logger, wakeWorker: { worker.poke() })
+                                        logger: logger, wakeWorker: { workers.poke() })
         do {
             _ = try supervisor.add(spec, device: device, vale: vale)
         } catch {

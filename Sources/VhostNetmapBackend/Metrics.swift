@@ -63,6 +63,7 @@ extension Daemon {
         for s in switches {
             let sw = [("switch", s.name)]
             m.add("vhost_netmap_switch_learned_addresses", "gauge", "MAC addresses in the switch's forwarding table.", sw, UInt64(s.learnedAddresses))
+            m.add("vhost_netmap_switch_workers", "gauge", "Worker threads running the switch's data path.", sw, UInt64(s.workers))
             m.add("vhost_netmap_switch_ports", "gauge", "Ports attached to the switch, by kind.", sw + [("kind", "vhost-user")], UInt64(s.ports.count))
             m.add("vhost_netmap_switch_ports", "gauge", "", sw + [("kind", "host")], UInt64(s.hostPorts.count))
             m.add("vhost_netmap_switch_ports", "gauge", "", sw + [("kind", "netmap")], UInt64(s.netmapPorts.count))

@@ -59,6 +59,8 @@ extension Daemon {
         public var name: String
         /// "embedded", or "netmap-cross-connect" (a guest and its netmap port, in kernel mode).
         public var kind: String
+        /// Worker threads (lanes) running its data path.
+        public var workers: Int
         public var learnedAddresses: Int
         public var ports: [PortReport]
         public var hostPorts: [HostPortReport]
@@ -77,22 +79,22 @@ extension Daemon {
                                frontEnds: FrontEndReport(connections: e.connects, refused: e.refused,
                                                          quickLeavesInARow: e.shortSessions, lastLeaveReason: e.lastLeaveReason),
                                device: e.device.statusLocked(),
-                               counters: s.vale.counters[e.device.portIndex])
+                               counters: s.vale.counters(of: e.device.portIndex))
                 }
                 let taps = topology.hostPorts.filter { $0.vale === s.vale }.map { h in
                     HostPortReport(name: h.spec.fullName, index: h.index, interface: h.spec.interfaceName, queues: h.spec.queues,
                                    offloads: h.port.offloads.description, readErrors: h.port.readErrors,
-                                   writeErrors: h.port.writeErrors, writesWhileDown: h.port.writesWhileDown, counters: s.vale.counters[h.index])
+                                   writeErrors: h.port.writeErrors, writesWhileDown: h.port.writesWhileDown, counters: s.vale.counters(of: h.index))
                 }
                 let netmap = topology.kernelBindings.filter { $0.vale === s.vale }.map { k in
                     NetmapPortReport(name: k.opened.name.text, index: k.index, headerLength: k.opened.headerLength,
                                      memoryID: Int(k.opened.memoryID), sync: k.opened.sync,
                                      kernelLoop: k.opened.kernelLoop.map { loop in loop.ended.map { "ended: \(Errno(rawValue: $0))" } ?? "running" },
                                      syncErrors: k.opened.port.syncErrors,
-                                     badSlots: k.opened.port.badSlots, counters: s.vale.counters[k.index])
+                                     badSlots: k.opened.port.badSlots, counters: s.vale.counters(of: k.index))
                 }
                 return SwitchReport(name: s.vale.name, kind: topology.usesKernel ? "netmap-cross-connect" : "embedded",
-                                    learnedAddresses: s.vale.learning.entryCount, ports: ports, hostPorts: taps,
+                                    workers: s.vale.lanes.count, learnedAddresses: s.vale.learning.entryCount, ports: ports, hostPorts: taps,
                                     netmapPorts: netmap)
             }
         }

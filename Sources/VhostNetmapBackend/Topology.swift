@@ -6,7 +6,7 @@ import VALESwitch
 import VhostSystem
 import Virtio
 
-/// What the daemon serves, below the sockets: its switches, each with its worker thread, the host
+/// What the daemon serves, below the sockets: its switches, each with its worker threads, the host
 /// ports on them, and in kernel mode the netmap binding of each cross-connect. It creates and
 /// removes these, in the order the data path needs, and answers questions about them. Devices
 /// and their front-ends are the supervisor's.
@@ -31,7 +31,7 @@ final class Topology {
     private let logger: Logger
     /// True when the ports are served by netmap's kernel switch.
     let usesKernel: Bool
-    private(set) var switches: [(vale: VALESwitch, worker: SwitchWorker)] = []
+    private(set) var switches: [(vale: VALESwitch, workers: SwitchWorkers)] = []
     private(set) var hostPorts: [HostPortEntry] = []
     private(set) var kernelBindings: [KernelBinding] = []
     /// Once the daemon runs, a new switch's worker starts at once.
@@ -67,20 +67,20 @@ final class Topology {
 
     func startWorkers() {
         running = true
-        for s in switches { s.worker.start() }
+        for s in switches { s.workers.start() }
     }
 
     func stopWorkers() {
-        for s in switches { s.worker.stop() }
+        for s in switches { s.workers.stop() }
     }
 
-    func worker(of vale: VALESwitch) -> SwitchWorker? {
-        switches.first { $0.vale === vale }?.worker
+    func workers(of vale: VALESwitch) -> SwitchWorkers? {
+        switches.first { $0.vale === vale }?.workers
     }
 
     /// The switch a device for `spec` goes on: in kernel mode a new cross-connect to its netmap
     /// port, otherwise its embedded switch (created on first use).
-    func switchFor(_ spec: PortSpec) throws -> (VALESwitch, SwitchWorker) {
+    func switchFor(_ spec: PortSpec) throws -> (VALESwitch, SwitchWorkers) {
         if usesKernel {
             return try crossConnect(spec.kernelPortName, as: spec.fullName, sync: spec.netmapSync ?? options.netmapSync)
         }
@@ -92,12 +92,12 @@ final class Topology {
 
     /// Creates a host port (TAP) on its switch.
     func addHostPort(_ spec: HostPortSpec) throws {
-        let (vale, worker): (VALESwitch, SwitchWorker)
+        let (vale, workers): (VALESwitch, SwitchWorkers)
         if usesKernel {
             let name = try NetmapPortName.parse(spec.fullName)
-            (vale, worker) = try crossConnect(name, as: spec.fullName, sync: options.netmapSync)
+            (vale, workers) = try crossConnect(name, as: spec.fullName, sync: options.netmapSync)
         } else {
-            (vale, worker) = try switchNamed(spec.switchName)
+            (vale, workers) = try switchNamed(spec.switchName)
         }
         let tap: TapPort
         do {
@@ -106,7 +106,7 @@ final class Topology {
             throw DaemonError.startup("host port \(spec.fullName): \(error)")
         }
         let index = try vale.lock.withLock { _ throws(SwitchError) in try vale.attach(tap, named: spec.interfaceName) }
-        worker.poke()
+        workers.poke()
         hostPorts.append(HostPortEntry(spec: spec, port: tap, index: index, vale: vale))
     }
 
@@ -124,12 +124,12 @@ final class Topology {
     func portRemoved(from vale: VALESwitch) {
         if let k = kernelBindings.firstIndex(where: { $0.vale === vale }) {
             if let w = switches.firstIndex(where: { $0.vale === vale }) {
-                switches[w].worker.stop()
+                switches[w].workers.stop()
                 switches.remove(at: w)
             }
             kernelBindings.remove(at: k)
         } else {
-            worker(of: vale)?.poke()
+            workers(of: vale)?.poke()
         }
     }
 
@@ -174,7 +174,7 @@ final class Topology {
         var out: [String: [[String: String]]] = [:]
         for s in switches {
             let names = s.vale.lock.withLock { _ in Dictionary(uniqueKeysWithValues: s.vale.attachedPorts.map { ($0.index, "\(s.vale.name):\($0.name)") }) }
-            let entries = s.vale.lock.withLock { _ in s.vale.learning.entries }
+            let entries = s.vale.lock.withLock { _ in s.vale.learning.learned }
             out[s.vale.name] = entries.sorted { $0.mac < $1.mac }.map { ["mac": LearningTable.format($0.mac), "port": names[$0.port] ?? "#\($0.port)"] }
         }
         let encoder = JSONEncoder()
@@ -185,7 +185,7 @@ final class Topology {
     // MARK: Switches
 
     /// Kernel mode: registers `name` on /dev/netmap and puts it on a new two-port switch.
-    private func crossConnect(_ name: NetmapPortName, as label: String, sync: NetmapSyncMode) throws -> (VALESwitch, SwitchWorker) {
+    private func crossConnect(_ name: NetmapPortName, as label: String, sync: NetmapSyncMode) throws -> (VALESwitch, SwitchWorkers) {
         let opened: OpenedNetmapPort
         do {
             opened = try (options.netmapOpener ?? KernelPortOpener()).open(name, sync: sync)
@@ -196,25 +196,31 @@ final class Topology {
         if opened.headerLength == 0 {
             logger.notice("netmap port \(name.kernelName) takes no virtio-net header: frames needing checksum or TSO offloads are dropped there")
         }
+        // One lane: a cross-connect has two sources, and the kernel side is its own parallelism.
         let vale = VALESwitch(name: label)
-        let worker = try addSwitch(vale)
+        let workers = try addSwitch(vale)
         let index = try vale.lock.withLock { _ throws(SwitchError) in try vale.attach(opened.port, named: "netmap") }
         kernelBindings.append(KernelBinding(opened: opened, index: index, vale: vale))
         logger.info("on netmap port \(name.kernelName) (memory id \(opened.memoryID), \(opened.headerLength)-byte header, \(opened.sync == .kloop ? "synced by netmap's kernel loop" : "synced by ioctl"))")
-        return (vale, worker)
+        return (vale, workers)
     }
 
-    private func addSwitch(_ vale: VALESwitch) throws -> SwitchWorker {
-        let cpu = switches.count < options.workerCPUs.count ? options.workerCPUs[switches.count] : nil
-        let worker = try SwitchWorker(vale: vale, busyPoll: options.busyPoll, cpu: cpu, logger: logger)
-        switches.append((vale, worker))
-        if running { worker.start() }
-        return worker
+    /// Starts (once running) one worker per lane of `vale`. `--worker-cpu` CPUs are handed out
+    /// in order: to the first switch's lanes, then the next switch's.
+    private func addSwitch(_ vale: VALESwitch) throws -> SwitchWorkers {
+        let first = switches.reduce(0) { $0 + $1.vale.lanes.count }
+        let cpus: [Int?] = (0..<vale.lanes.count).map { k in
+            first + k < options.workerCPUs.count ? options.workerCPUs[first + k] : nil
+        }
+        let workers = try SwitchWorkers(vale: vale, busyPoll: options.busyPoll, cpus: cpus, logger: logger)
+        switches.append((vale, workers))
+        if running { workers.start() }
+        return workers
     }
 
-    private func switchNamed(_ name: String) throws -> (VALESwitch, SwitchWorker) {
+    private func switchNamed(_ name: String) throws -> (VALESwitch, SwitchWorkers) {
         if let s = switches.first(where: { $0.vale.name == name }) { return s }
-        let vale = VALESwitch(name: name)
+        let vale = VALESwitch(name: name, lanes: options.workersPerSwitch)
         return (vale, try addSwitch(vale))
     }
 }

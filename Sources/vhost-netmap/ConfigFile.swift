@@ -14,6 +14,7 @@ struct ServeConfigFile {
     var ports: [String] = []
     var hostPorts: [String] = []
     var workerCPUs: [Int] = []
+    var workers: Int?
     var metrics: String?
     var socketDirectory: String?
     var control: String?
@@ -22,7 +23,7 @@ struct ServeConfigFile {
     var logLevel: Logger.Level?
     var busyPoll = false
 
-    static let settings = ["port", "host-port", "worker-cpu", "metrics", "socket-dir", "control", "switch", "netmap-sync", "log-level", "busy-poll"]
+    static let settings = ["port", "host-port", "worker-cpu", "workers", "metrics", "socket-dir", "control", "switch", "netmap-sync", "log-level", "busy-poll"]
 
     static func read(_ path: String) throws -> ServeConfigFile {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
@@ -58,6 +59,7 @@ struct ServeConfigFile {
             case "port": config.ports.append(try parsed(String.self))
             case "host-port": config.hostPorts.append(try parsed(String.self))
             case "worker-cpu": config.workerCPUs.append(try parsed(Int.self))
+            case "workers": config.workers = try parsed(Int.self)
             case "metrics": config.metrics = try parsed(String.self)
             case "socket-dir": config.socketDirectory = try parsed(String.self)
             case "control": config.control = value

@@ -78,8 +78,11 @@ struct Serve: ParsableCommand {
     @Flag(name: .customLong("busy-poll"), help: "Switch workers poll without sleeping (benchmarks).")
     var busyPoll = false
 
-    @Option(name: .customLong("worker-cpu"), help: "Pin the switch workers to these CPUs, in order of the switches (repeatable).")
+    @Option(name: .customLong("worker-cpu"), help: "Pin the switch workers to these CPUs, in order of the switches and their workers (repeatable).")
     var workerCPUs: [Int] = []
+
+    @Option(name: .customLong("workers"), help: "Worker threads per embedded switch (default 1): ports, and the queue pairs of multi-queue ports, are spread over them.")
+    var workers: Int?
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info (the default), notice, warning, error, critical")
     var logLevel: Logger.Level?
@@ -100,11 +103,13 @@ struct Serve: ParsableCommand {
             netmapSync = netmapSync ?? file.netmapSync
             logLevel = logLevel ?? file.logLevel
             busyPoll = busyPoll || file.busyPoll
+            workers = workers ?? file.workers
         }
         if socketPath != nil && fd != nil { throw ValidationError("--socket-path and --fd are mutually exclusive") }
         if !printCapabilities && ports.isEmpty && hostPorts.isEmpty && socketPath == nil && fd == nil {
             throw ValidationError("give at least one --port or --host-port (or --socket-path / --fd)")
         }
+        if let workers, !(1...64).contains(workers) { throw ValidationError("--workers must be 1...64") }
         if !(1...PortSpec.maxQueuePairs).contains(queues) { throw ValidationError("--queues must be 1...\(PortSpec.maxQueuePairs)") }
         _ = try portSpecifications()
         _ = try metricsAddress()
@@ -160,6 +165,7 @@ struct Serve: ParsableCommand {
         options.switchMode = switchMode ?? .auto
         options.netmapSync = netmapSync ?? .ioctl
         options.workerCPUs = workerCPUs
+        options.workersPerSwitch = workers ?? 1
         options.metricsAddress = try metricsAddress()
         let daemon: Daemon
         do {

@@ -281,7 +281,7 @@ import Virtio
         for h in 0..<4 { q.pushAvail(head: UInt16(h)) }
         q.publish()
         pump(vale)
-        #expect(vale.counters[a.device.portIndex].dropBadDescriptor == 4)
+        #expect(vale.counters(of: a.device.portIndex).dropBadDescriptor == 4)
         #expect(q.deviceUsedIndex == 4)
         let used = q.reapUsed()
         #expect(used.map(\.length) == [0, 0, 0, 0])

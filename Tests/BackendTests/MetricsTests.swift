@@ -68,7 +68,7 @@ import VALESwitch
         let port = Daemon.PortReport(name: "vale0:vm1", index: 0, socket: "/s", mode: "server", queuePairs: 2, connected: true,
                                      frontEnds: .init(connections: 4, refused: 1, quickLeavesInARow: 0, lastLeaveReason: nil),
                                      device: device, counters: counters)
-        let report = Daemon.SwitchReport(name: "vale0", kind: "embedded", learnedAddresses: 5, ports: [port], hostPorts: [], netmapPorts: [])
+        let report = Daemon.SwitchReport(name: "vale0", kind: "embedded", workers: 2, learnedAddresses: 5, ports: [port], hostPorts: [], netmapPorts: [])
         let text = Daemon.metrics(of: [report], captures: [CaptureReport(port: "vale0:vm1", active: true, framesSent: 12, copiesDropped: 3)])
         for line in [
             #"vhost_netmap_port_in_packets_total{switch="vale0",port="vale0:vm1",kind="vhost-user"} 7"#,
@@ -77,6 +77,7 @@ import VALESwitch
             #"vhost_netmap_port_guest_memory_bytes{switch="vale0",port="vale0:vm1"} 536870912"#,
             #"vhost_netmap_port_front_end_connections_total{switch="vale0",port="vale0:vm1"} 4"#,
             #"vhost_netmap_switch_learned_addresses{switch="vale0"} 5"#,
+            #"vhost_netmap_switch_workers{switch="vale0"} 2"#,
             #"vhost_netmap_build_info{version="\#(BuildInfo.version)"} 1"#,
             #"vhost_netmap_capture_active{switch="vale0",port="vale0:vm1"} 1"#,
             #"vhost_netmap_capture_dropped_total{switch="vale0",port="vale0:vm1"} 3"#,

@@ -64,7 +64,7 @@ import Virtio
         // Slots were given back: head caught up with tail.
         #expect(model.ring(rx: 0).pointee.head == model.ring(rx: 0).pointee.tail)
         #expect(port.badSlots == 0)
-        vale.lock.withLock { _ in #expect(vale.counters[1].inPackets == 3) }
+        vale.lock.withLock { _ in #expect(vale.counters(of: 1).inPackets == 3) }
     }
 
     @Test func aFullTXRingDropsAndCountsThenRecovers() throws {
@@ -74,7 +74,7 @@ import Virtio
         pump(vale)
         // 8 slots, one kept empty: 7 frames fit, 3 are dropped.
         #expect(model.transmitted.count == 7)
-        vale.lock.withLock { _ in #expect(vale.counters[1].dropNoRoom == 3) }
+        vale.lock.withLock { _ in #expect(vale.counters(of: 1).dropNoRoom == 3) }
         model.freesTransmitSlots = true
         _ = model.txsync()
         guest.send(ethernet(to: [2, 0, 0, 0, 0, 9], from: guest.mac, payload: 60, seed: 99))
@@ -93,7 +93,7 @@ import Virtio
         guest.send(ethernet(to: [2, 0, 0, 0, 0, 9], from: guest.mac, payload: 80), header: csum)
         pump(vale)
         #expect(model.transmitted == [plain])
-        vale.lock.withLock { _ in #expect(vale.counters[1].dropOffload == 1) }
+        vale.lock.withLock { _ in #expect(vale.counters(of: 1).dropOffload == 1) }
     }
 
     @Test func corruptSlotsFromTheKernelSideAreCountedNotFollowed() throws {
@@ -114,7 +114,7 @@ import Virtio
         model.setReceiveSlotBuffer(ring: 0, slot: ring.pointee.head, bufferIndex: 0xFFFF_FFF0)
         pump(vale)
         #expect(port2.badSlots >= 2)
-        vale.lock.withLock { _ in #expect(vale.counters[1].dropBadDescriptor >= 2) }
+        vale.lock.withLock { _ in #expect(vale.counters(of: 1).dropBadDescriptor >= 2) }
     }
 
     @Test func theKernelResetsABadHeadAndThePortCarriesOn() throws {

@@ -2,13 +2,21 @@
 # Three dpdk-testpmd virtio-user front-ends on three ports of one embedded switch:
 # unicast after learning reaches exactly one port, broadcast reaches every other port,
 # and the daemon's counters agree with what testpmd counted.
-# usage: testpmd-switching.sh [DEVARGS for virtio-user, e.g. ",mrg_rxbuf=0,queue_size=1024"] [QUEUES]
+# With WORKERS > 1 the switch runs on that many worker threads: the ports (slots 0, 1, 2) and
+# their queue pairs are spread over them, and several workers deliver into one port at once.
+# usage: testpmd-switching.sh [DEVARGS for virtio-user, e.g. ",mrg_rxbuf=0,queue_size=1024"] [QUEUES] [WORKERS]
 . "$(dirname "$0")/lib.sh"
 DEVARGS=${1:-}
 QUEUES=${2:-1}
-echo "testpmd-switching: devargs='$DEVARGS' queues=$QUEUES"
+WORKERS=${3:-1}
+echo "testpmd-switching: devargs='$DEVARGS' queues=$QUEUES workers=$WORKERS"
 Q="--rxq=$QUEUES --txq=$QUEUES"
-start_daemon --port "vale0:a=$WORK/a.sock,queues=$QUEUES" --port "vale0:b=$WORK/b.sock,queues=$QUEUES" --port "vale0:c=$WORK/c.sock,queues=$QUEUES" || exit 1
+start_daemon --workers "$WORKERS" --port "vale0:a=$WORK/a.sock,queues=$QUEUES" --port "vale0:b=$WORK/b.sock,queues=$QUEUES" --port "vale0:c=$WORK/c.sock,queues=$QUEUES" || exit 1
+expect_eq "workers of vale0" "$(stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["switches"][0]["workers"])')" "$WORKERS"
+if [ "$WORKERS" -gt 1 ]; then
+  threads=$(ls /proc/"$DAEMON_PID"/task | while read -r t; do cat /proc/"$DAEMON_PID"/task/"$t"/comm; done | grep -c '^vale-vale0/')
+  expect_eq "worker threads named vale-vale0/N" "$threads" "$WORKERS"
+fi
 MA=02:00:00:00:00:0a; MB=02:00:00:00:00:0b; MC=02:00:00:00:00:0c
 start_testpmd a "$WORK/a.sock" $MA 0 ",queues=$QUEUES$DEVARGS" "$Q"
 start_testpmd b "$WORK/b.sock" $MB 1 ",queues=$QUEUES$DEVARGS" "$Q"

@@ -86,9 +86,9 @@ import Virtio
         block.setKernel(1, hwcur: 0, hwtail: hwtail, needsKick: 0)
         _ = vale.lock.withLock { _ in vale.runPass(budget: 32) }
         #expect(capture.frames.map(\.1) == frames)
-        #expect(port.prepareToSleep() == false && block.application(1).needsKick == 1)
+        #expect(port.prepareToSleep(for: vale.lanes[0], as: 0) == false && block.application(1).needsKick == 1)
         #expect(block.application(1).head == hwtail, "before sleeping, the consumed slots are released through the CSB")
-        port.finishSleeping()
+        port.finishSleeping(for: vale.lanes[0], as: 0)
         #expect(block.application(1).needsKick == 0)
     }
 }

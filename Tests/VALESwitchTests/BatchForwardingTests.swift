@@ -18,7 +18,7 @@ final class BatchPort: SwitchPort {
     var readAfterRelease = false
     weak var peers: PortsForBatchTest?
 
-    override func transmit(into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int {
+    override func transmit(into lane: SwitchLane, as portIndex: Int, budget: Int) -> Int {
         let n = min(budget, outbox.count)
         // Buffers that stay put until the batch is forwarded: header (12 bytes) + frame.
         let buffers = outbox.prefix(n).map { item -> UnsafeMutableRawBufferPointer in
@@ -39,10 +39,10 @@ final class BatchPort: SwitchPort {
                 at += length
             }
             segments.withUnsafeBufferPointer {
-                vale.stage(segments: $0.baseAddress!, count: $0.count, offset: 12, length: b.count - 12, queuePair: 0, from: portIndex)
+                lane.stage(segments: $0.baseAddress!, count: $0.count, offset: 12, length: b.count - 12, queuePair: 0, from: portIndex)
             }
         }
-        vale.forwardStaged(from: portIndex)
+        lane.forwardStaged(from: portIndex)
         buffersHeld = false
         peers?.holding = nil
         // Spoil the buffers before freeing them: a late reader would see it.
@@ -112,10 +112,10 @@ final class PortsForBatchTest {
         // Headers are read in phase one, from the staged buffers.
         #expect(ports[1].batches.first?.map(\.flags) == [1, 0, VirtioNetHeader.needsChecksum, 0])
         #expect(ports[1].batches.first?.first?.bytes == frame(to: mac(1), from: mac(0), fill: 1))
-        #expect(vale.counters[0].dropSamePort == 1)
+        #expect(vale.counters(of: 0).dropSamePort == 1)
         // Each port also sent (and got the others') announcements in init.
-        #expect(vale.counters[0].inPackets == 1 + 6)
-        #expect(vale.counters[1].outPackets == 3 + 4 && vale.counters[3].outPackets == 3 + 2)
+        #expect(vale.counters(of: 0).inPackets == 1 + 6)
+        #expect(vale.counters(of: 1).outPackets == 3 + 4 && vale.counters(of: 3).outPackets == 3 + 2)
         #expect(!ports.contains { $0.readAfterRelease })
     }
 

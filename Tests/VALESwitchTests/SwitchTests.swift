@@ -14,7 +14,7 @@ final class RecordingPort: SwitchPort {
     var header = VirtioNetHeader()
     var accepts: VirtioFeatures = [.netGuestCSUM, .netGuestTSO4, .netGuestTSO6]
 
-    override func transmit(into vale: VALESwitch, as portIndex: Int, budget: Int) -> Int {
+    override func transmit(into lane: SwitchLane, as portIndex: Int, budget: Int) -> Int {
         let n = min(budget, outbox.count)
         for frame in outbox.prefix(n) {
             var bytes = frame
@@ -24,7 +24,7 @@ final class RecordingPort: SwitchPort {
                 var segments = [Segment(base: raw.baseAddress!, length: cut),
                                 Segment(base: raw.baseAddress! + cut, length: raw.count - cut)]
                 segments.withUnsafeMutableBufferPointer { s in
-                    vale.forward(Frame(header: header, segments: s.baseAddress!, segmentCount: 2, offset: 0, length: raw.count, queuePair: 0), from: portIndex)
+                    lane.forward(Frame(header: header, segments: s.baseAddress!, segmentCount: 2, offset: 0, length: raw.count, queuePair: 0), from: portIndex)
                 }
             }
         }
@@ -44,10 +44,7 @@ final class RecordingPort: SwitchPort {
     }
 
     override func flushDeliveries() { flushes += 1 }
-    override func wakeDescriptors() -> [CInt] { [] }
-    override var needsPolling: Bool { false }
-    override func prepareToSleep() -> Bool { !outbox.isEmpty }
-    override func finishSleeping() {}
+    override func prepareToSleep(for lane: SwitchLane, as portIndex: Int) -> Bool { !outbox.isEmpty }
 }
 
 /// A switch with `count` recording ports named p0, p1, ...
@@ -89,9 +86,9 @@ func frame(to dst: [UInt8], from src: [UInt8], payload: Int = 46, fill: UInt8 = 
         #expect(ports[2].received.count == 11)
         #expect(ports[1].received.count == 1)
         #expect(ports[2].received.last == frame(to: mac(2), from: mac(1), fill: 7)) // bytes intact
-        #expect(vale.counters[0].inPackets == 11)
-        #expect(vale.counters[2].outPackets == 11)
-        #expect(vale.counters[2].outBytes == 11 * 60)
+        #expect(vale.counters(of: 0).inPackets == 11)
+        #expect(vale.counters(of: 2).outPackets == 11)
+        #expect(vale.counters(of: 2).outBytes == 11 * 60)
     }
 
     @Test func broadcastAndMulticastFloodAndAreNotLearned() {
@@ -107,8 +104,8 @@ func frame(to dst: [UInt8], from src: [UInt8], payload: Int = 46, fill: UInt8 = 
     @Test func shortFramesAreDroppedAndCounted() {
         ports[0].outbox = [Array(frame(to: mac(2), from: mac(1)).prefix(13)), frame(to: mac(2), from: mac(1))]
         run()
-        #expect(vale.counters[0].dropShort == 1)
-        #expect(vale.counters[0].inPackets == 1)
+        #expect(vale.counters(of: 0).dropShort == 1)
+        #expect(vale.counters(of: 0).inPackets == 1)
         #expect(ports[1].received.count == 1)
     }
 
@@ -122,8 +119,8 @@ func frame(to dst: [UInt8], from src: [UInt8], payload: Int = 46, fill: UInt8 = 
         ports[0].outbox = Array(repeating: frame(to: mac(3), from: mac(1)), count: 10)
         run()
         #expect(ports[2].received.count == 1 + 4)
-        #expect(vale.counters[2].dropNoRoom == 6)
-        #expect(vale.counters[2].outPackets == 1 + 4)
+        #expect(vale.counters(of: 2).dropNoRoom == 6)
+        #expect(vale.counters(of: 2).outPackets == 1 + 4)
     }
 
     @Test func offloadTheReceiverCannotTakeIsDropped() {
@@ -131,14 +128,14 @@ func frame(to dst: [UInt8], from src: [UInt8], payload: Int = 46, fill: UInt8 = 
         ports[0].header.flags = VirtioNetHeader.needsChecksum
         ports[0].outbox = [frame(to: mac(2), from: mac(1))]
         run()
-        #expect(vale.counters[1].dropOffload == 1)
+        #expect(vale.counters(of: 1).dropOffload == 1)
         #expect(ports[2].received.count == 1)
     }
 
     @Test func sameSegmentDestinationIsDropped() {
         ports[0].outbox = [frame(to: mac(8), from: mac(1)), frame(to: mac(1), from: mac(2))]
         run()
-        #expect(vale.counters[0].dropSamePort == 1)
+        #expect(vale.counters(of: 0).dropSamePort == 1)
     }
 
     @Test func detachForgetsAddressesAndFloodSkipsThePort() {
