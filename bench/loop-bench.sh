@@ -21,6 +21,10 @@
 # BENCH_DEVARGS=",in_order=0" (for instance) is added to every front-end's virtio-user devargs.
 # BENCH_LATENCY=1: then the round-trip latency through vhost-netmap and DPDK's vhost PMD
 # (bench/latency-bench.sh: pkt-gen ping/pong, median and 99th percentile), ROUNDS rounds at 64 B.
+# BENCH_WORKERS=N (scaling, for a machine with 2N spare CPUs): every port has N queue pairs and
+# every forwarder N cores. vhost-netmap runs --workers N pinned to CPUs 0..N-1, DPDK's vhost PMD
+# and OVS-DPDK forward on CPUs 0..N-1 too, the front-end on CPUs N..2N-1 with N queues per port.
+# On a 2-CPU machine N=2 only checks that the script works (the forwarders share the CPUs).
 # BENCH_PROFILE=SIZE: perf samples the daemon (call graphs) during its first split and packed
 # rounds at SIZE and prints where its cycles go (self time per function, demangled) at the end.
 # usage: bench/loop-bench.sh [SECONDS=15] [ROUNDS=3] [SIZES="64 1518"]
@@ -31,6 +35,20 @@ BIN=$ROOT/.build/release/vhost-netmap
 W=$(mktemp -d /tmp/vn-bench.XXXXXX)
 OVS=${BENCH_OVS:-1}
 PACKED=${BENCH_PACKED:-1}
+WORKERS=${BENCH_WORKERS:-1}
+NCPU=$(nproc)
+# lcores FIRST-CPU: testpmd's main lcore and WORKERS forwarding lcores on CPUs FIRST.., the main
+# one sharing the first forwarding CPU ("0@1,1@1" for one worker from CPU 1). CPU numbers wrap
+# around on a machine with fewer CPUs.
+lcores() {
+  local l="0@$(($1 % NCPU))" k
+  for k in $(seq 0 $((WORKERS - 1))); do l="$l,$((k + 1))@$((($1 + k) % NCPU))"; done
+  echo "$l"
+}
+FRONT_CPU=$WORKERS
+WORKER_CPUS=""; for k in $(seq 0 $((WORKERS - 1))); do WORKER_CPUS="$WORKER_CPUS --worker-cpu $((k % NCPU))"; done
+CPU_MASK=$(printf '0x%x' $(((1 << WORKERS) - 1)))
+[ $((2 * WORKERS)) -le "$NCPU" ] || echo "(BENCH_WORKERS=$WORKERS needs $((2 * WORKERS)) CPUs, this machine has $NCPU: the figures only show that it runs)"
 HUGE_BEFORE=$(cat /proc/sys/vm/nr_hugepages)
 cleanup() {
   pkill -INT -f "file-prefix=vnb" 2>/dev/null; [ -n "${DP:-}" ] && kill -INT $DP 2>/dev/null
@@ -59,10 +77,10 @@ frontend() {
   local log=$W/$4.log extra=${BENCH_DEVARGS:-}${5:-}
   ( sleep 4; echo "start tx_first 32"; sleep 3; echo "clear port stats all"; sleep "$SECS"
     echo "show port stats all"; echo "stop"; sleep 1; echo "quit" ) | \
-  stdbuf -oL dpdk-testpmd --file-prefix=vnbfe --no-pci --no-huge -m 1024 --lcores '0@1,1@1' --log-level=lib.eal:error \
-    --vdev "net_virtio_user0,path=$1,queues=1,queue_size=1024,mac=02:00:00:00:00:01$extra" \
-    --vdev "net_virtio_user1,path=$2,queues=1,queue_size=1024,mac=02:00:00:00:00:02$extra" -- \
-    -i --forward-mode=io --nb-cores=1 --txd=1024 --rxd=1024 --total-num-mbufs=65536 --txpkts="$3" > "$log" 2>&1
+  stdbuf -oL dpdk-testpmd --file-prefix=vnbfe --no-pci --no-huge -m 1024 --lcores "$(lcores "$FRONT_CPU")" --log-level=lib.eal:error \
+    --vdev "net_virtio_user0,path=$1,queues=$WORKERS,queue_size=1024,mac=02:00:00:00:00:01$extra" \
+    --vdev "net_virtio_user1,path=$2,queues=$WORKERS,queue_size=1024,mac=02:00:00:00:00:02$extra" -- \
+    -i --forward-mode=io --nb-cores="$WORKERS" --rxq="$WORKERS" --txq="$WORKERS" --txd=1024 --rxd=1024 --total-num-mbufs=65536 --txpkts="$3" > "$log" 2>&1
   awk -v s="$SECS" '/NIC statistics for port/{p=1} p && /RX-packets:/{t+=$2; p=0} END {printf "%.3f\n", t/s/1e6}' "$log"
 }
 
@@ -70,8 +88,10 @@ BASELINE=${BENCH_BASELINE:-}
 [ -z "$BASELINE" ] || [ -x "$BASELINE" ] || { echo "BENCH_BASELINE=$BASELINE is not an executable"; exit 1; }
 run_vhost_netmap() { # SIZE [BINARY] [FRONT-END DEVARGS]
   rm -f "$W"/a.sock "$W"/b.sock
-  "${2:-$BIN}" serve --busy-poll --worker-cpu 0 --control "" --log-level warning \
-    --port "vale0:a=$W/a.sock" --port "vale0:b=$W/b.sock" > "$W/daemon.log" 2>&1 &
+  local scaling=""; [ "$WORKERS" -gt 1 ] && scaling="--workers $WORKERS"
+  # shellcheck disable=SC2086 # the option lists are word lists
+  "${2:-$BIN}" serve --busy-poll $WORKER_CPUS $scaling --control "" --log-level warning \
+    --port "vale0:a=$W/a.sock,queues=$WORKERS" --port "vale0:b=$W/b.sock,queues=$WORKERS" > "$W/daemon.log" 2>&1 &
   DP=$!
   for _ in $(seq 100); do [ -S "$W/b.sock" ] && break; sleep 0.05; done
   local prof="" tag=split; [ -n "${3:-}" ] && tag=packed
@@ -88,9 +108,9 @@ run_vhost_netmap() { # SIZE [BINARY] [FRONT-END DEVARGS]
 run_dpdk_vhost() { # SIZE [FRONT-END DEVARGS]
   rm -f "$W"/v0.sock "$W"/v1.sock
   # Non-interactive testpmd quits when stdin reaches EOF: give it one that stays open.
-  ( sleep $((SECS * 4 + 60)) 2>/dev/null | stdbuf -oL dpdk-testpmd --file-prefix=vnbvh --no-pci --no-huge -m 1024 --lcores '0@0,1@0' --log-level=lib.eal:error \
-    --vdev "net_vhost0,iface=$W/v0.sock,queues=1" --vdev "net_vhost1,iface=$W/v1.sock,queues=1" -- \
-    --forward-mode=io --nb-cores=1 --txd=1024 --rxd=1024 --total-num-mbufs=65536 --stats-period 0 > "$W/vhost-$1.log" 2>&1 ) &
+  ( sleep $((SECS * 4 + 60)) 2>/dev/null | stdbuf -oL dpdk-testpmd --file-prefix=vnbvh --no-pci --no-huge -m 1024 --lcores "$(lcores 0)" --log-level=lib.eal:error \
+    --vdev "net_vhost0,iface=$W/v0.sock,queues=$WORKERS" --vdev "net_vhost1,iface=$W/v1.sock,queues=$WORKERS" -- \
+    --forward-mode=io --nb-cores="$WORKERS" --rxq="$WORKERS" --txq="$WORKERS" --txd=1024 --rxd=1024 --total-num-mbufs=65536 --stats-period 0 > "$W/vhost-$1.log" 2>&1 ) &
   local vp=$!
   for _ in $(seq 100); do [ -S "$W/v1.sock" ] && break; sleep 0.05; done
   frontend "$W/v0.sock" "$W/v1.sock" "$1" "dv-$1${2:+-packed}" "${2:-}"
@@ -111,7 +131,7 @@ start_ovs() { # a private OVS-DPDK under $OVSD (no systemd, no kernel datapath)
   ovsdb-server "$OVSD/conf.db" --remote=punix:"$OVSD/db.sock" --pidfile="$OVSD/ovsdb-server.pid" --unixctl="$OVSD/ovsdb-server.ctl" --log-file="$OVSD/ovsdb-server.log" --detach || return 1
   $vs --no-wait init
   $vs --no-wait set Open_vSwitch . other_config:dpdk-init=true other_config:dpdk-socket-mem=256 \
-     other_config:dpdk-lcore-mask=0x1 other_config:pmd-cpu-mask=0x1 other_config:dpdk-extra="--no-pci --file-prefix=vnbovs"
+     other_config:dpdk-lcore-mask=0x1 other_config:pmd-cpu-mask=$CPU_MASK other_config:dpdk-extra="--no-pci --file-prefix=vnbovs"
   /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk unix:"$OVSD/db.sock" --pidfile="$OVSD/ovs-vswitchd.pid" --unixctl="$OVSD/ovs-vswitchd.ctl" --log-file="$OVSD/ovs-vswitchd.log" --detach || return 1
   $vs add-br br0 -- set bridge br0 datapath_type=netdev
   $vs add-port br0 vhu0 -- set Interface vhu0 type=dpdkvhostuser ofport_request=1
@@ -133,7 +153,7 @@ spread() { sort -n | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%s-%s", lo, h
 median() { sort -n | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 gbps() { awk -v m="$1" -v s="$2" 'BEGIN {printf "%.2f", m * 1e6 * s * 8 / 1e9}'; } # frame bits (no preamble or gap)
 
-echo "vhost-netmap loop benchmark: ${SECS}s rounds x $ROUNDS, sizes: $SIZES ($(date -u +%FT%TZ), $(nproc) CPUs)"
+echo "vhost-netmap loop benchmark: ${SECS}s rounds x $ROUNDS, sizes: $SIZES, $WORKERS forwarding core(s) and queue pair(s) per port ($(date -u +%FT%TZ), $(nproc) CPUs)"
 for size in $SIZES; do
   : > "$W/vn-$size.r"; : > "$W/dv-$size.r"; : > "$W/ovs-$size.r"; : > "$W/base-$size.r"; : > "$W/pk-$size.r"; : > "$W/dpk-$size.r"
   for r in $(seq "$ROUNDS"); do
