@@ -41,6 +41,19 @@ if [ -z "${SKIP_INTEGRATION:-}" ]; then
     echo "== $*"
     if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
   }
+  # The live migration runs once more only if the guest alone failed: QEMU 7.2's TCG breaks the
+  # destination guest now and then, with DPDK's vhost library as the back-end too (docs/operating.md,
+  # "Live migration"). The back-end's part failing (a migration that did not converge, no dirty
+  # page logged) is never retried, and neither is a second failure.
+  run_live_migration() {
+    local log=/tmp/vhost-netmap-live-migration.log rc
+    echo "== $*"
+    "$@" 2>&1 | tee "$log"; rc=${PIPESTATUS[0]}
+    if [ "$rc" -eq 0 ]; then passed=$((passed + 1)); return; fi
+    if grep -qE "FAIL: .*(migration did not complete|no dirty pages logged)" "$log"; then failed=$((failed + 1)); return; fi
+    echo "== the guest failed, not the back-end's part (see above): once more: $*"
+    if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+  }
   echo "== swift build -c release --static-swift-stdlib --product pkt-gen (for the guest image)"
   if ! swift build -c release --static-swift-stdlib --product pkt-gen --build-path .build-static > /tmp/vhost-netmap-static.log 2>&1; then
     grep -E "error" /tmp/vhost-netmap-static.log | head -20
@@ -66,7 +79,7 @@ if [ -z "${SKIP_INTEGRATION:-}" ]; then
   run Tests/Integration/guest-ping.sh
   run Tests/Integration/guest-ping.sh packed
   run Tests/Integration/memory-hotplug.sh
-  run env STREAM_MIB=8 STREAM_KIBPS=1024 LOAD=1 Tests/Integration/live-migration.sh
+  run_live_migration env STREAM_MIB=8 STREAM_KIBPS=1024 LOAD=1 Tests/Integration/live-migration.sh
   run Tests/Integration/qemu-restart.sh 20
   run Tests/Integration/two-guests.sh
   run Tests/Integration/pktgen.sh

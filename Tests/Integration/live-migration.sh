@@ -166,4 +166,10 @@ if [ "$LOAD" = 1 ]; then
   kill -INT "$LOAD_TX" 2>/dev/null; wait "$LOAD_TX" 2>/dev/null; sleep 0.5; kill -INT "$LOAD_RX" 2>/dev/null; wait "$LOAD_RX" 2>/dev/null
   pass "load: $(port_field vale1:l1 counters.inPackets) frames from l1 during the run, $(port_field vale1:l2 counters.outPackets) delivered to l2"
 fi
+if [ "$FAILURES" -gt 0 ]; then
+  # What each guest and QEMU said last: a guest kernel's panic or lockup, or QEMU's own error.
+  for f in "$WORK"/serial-*.log "$WORK"/qemu-*.log; do
+    [ -f "$f" ] && { echo "    --- $(basename "$f"), last lines:"; tail -8 "$f" | tr -d '\r' | sed 's/^/    | /'; }
+  done
+fi
 finish
