@@ -119,9 +119,13 @@ func writableRanges(size: Int) -> [(UInt64, UInt64)] {
             add(d)
         }
     }
-    ranges.sort { $0.0 < $1.0 }
+    return merged(ranges)
+}
+/// `ranges` ([start, end)) sorted and merged where they overlap or touch: what `contains`
+/// searches needs disjoint ranges.
+func merged(_ ranges: [(UInt64, UInt64)]) -> [(UInt64, UInt64)] {
     var merged: [(UInt64, UInt64)] = []
-    for r in ranges {
+    for r in ranges.sorted(by: { $0.0 < $1.0 }) {
         if let last = merged.last, r.0 <= last.1 { merged[merged.count - 1].1 = max(last.1, r.1) } else { merged.append(r) }
     }
     return merged
@@ -215,7 +219,8 @@ exit(LLVMFuzzerRunDriver(&argc, &argv) { data, count in
         guard q.availableCount() != nil else { break }  // a broken ring takes nothing more
         let result = port.deliver(frame)
         let allowed = allowedBefore + writableRanges(size: size)
-        let sortedAllowed = allowed.sorted { $0.0 < $1.0 }
+        // Merged: a range of one list may lie inside one of the other, and the search needs disjoint ranges.
+        let sortedAllowed = merged(allowed)
         let changed = changedAddresses(since: before)
         for gpa in changed {
             precondition(contains(sortedAllowed, gpa), "frame \(f): the device wrote gpa 0x\(String(gpa, radix: 16)), outside every device-writable buffer")
