@@ -391,7 +391,11 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
         transmitQueues(of: lane, as: portIndex).compactMap { kickDescriptors[$0.index] >= 0 ? kickDescriptors[$0.index] : nil }
     }
 
-    public override func needsPolling(for lane: SwitchLane, as portIndex: Int) -> Bool { polledTX }
+    /// A transmit ring of this lane set up without a kick descriptor (polled by the front-end's
+    /// choice) keeps the lane awake; another lane's does not.
+    public override func needsPolling(for lane: SwitchLane, as portIndex: Int) -> Bool {
+        polledTX && transmitQueues(of: lane, as: portIndex).contains { kickDescriptors[$0.index] < 0 }
+    }
 
     public override func prepareToSleep(for lane: SwitchLane, as portIndex: Int) -> Bool {
         var pendingWork = false
