@@ -307,14 +307,22 @@ extension Virtqueue {
     }
 
     /// Prefetches the descriptor lines the next chains will be read from (four descriptors a line).
+    /// The first half (the batch about to be taken) is prefetched for writing: its descriptors are
+    /// written back as used, and taking the line once, exclusive, saves upgrading it after the
+    /// read. Lines further on may still be written by the driver: only read.
     @inline(__always)
     func packedPrefetch(upTo count: Int) {
         guard let ring = descriptors, size > 0 else { return }
         var slot = PackedPosition(lastAvailIndex).slot
         var k = 0
         let n = min(count, size)
+        let owned = n / 2
         while k < n {
-            cvh_prefetch_read(ring + PackedRingLayout.descriptorSize * slot)
+            if k < owned {
+                cvh_prefetch_write(ring + PackedRingLayout.descriptorSize * slot)
+            } else {
+                cvh_prefetch_read(ring + PackedRingLayout.descriptorSize * slot)
+            }
             slot &+= 4
             if slot >= size { slot &-= size }
             k &+= 4
