@@ -100,7 +100,7 @@ extension SwitchLane {
         let n = batch.count
         guard n > 0 else { return }
         precondition(batch.source == source, "frames staged by port \(batch.source) forwarded as port \(source)")
-        let vale = self.vale.unsafelyUnwrapped
+        let vale = view
         for i in 0..<n { batch.destinations[i] = destination(of: i, from: source, in: vale) }
         if batch.floods {
             for k in 0..<vale.activeCount where vale.activeList[k] != source { deliverStaged(to: vale.activeList[k], in: vale) }
@@ -116,7 +116,7 @@ extension SwitchLane {
 
     /// Phase one for frame `i`: header, counters, capture, learning, lookup.
     @inline(__always)
-    private func destination(of i: Int, from source: Int, in vale: VALESwitch) -> UInt16 {
+    private func destination(of i: Int, from source: Int, in vale: SwitchView) -> UInt16 {
         let frame = batch.frames + i
         if batch.headerPending[i] {
             frame.pointee.header = VirtioNetHeader(segments: frame.pointee.segments, count: frame.pointee.segmentCount,
@@ -151,7 +151,7 @@ extension SwitchLane {
     /// Phase two for one destination: its unicast frames and the floods, in batch order. With
     /// more than one lane, the destination's receive side is locked for the call.
     @inline(__always)
-    private func deliverStaged(to d: Int, in vale: VALESwitch) {
+    private func deliverStaged(to d: Int, in vale: SwitchView) {
         guard let port = vale.slots[d].port else { return }
         let wanted = UInt16(d)
         var selected = 0
@@ -171,7 +171,7 @@ extension SwitchLane {
     }
 
     @inline(__always)
-    private func account(_ result: DeliveryResult, of frame: Frame, to index: Int, in vale: VALESwitch) {
+    private func account(_ result: DeliveryResult, of frame: Frame, to index: Int, in vale: SwitchView) {
         switch result {
         case .delivered:
             counters[index].outPackets &+= 1
@@ -193,7 +193,7 @@ extension SwitchLane {
     /// destinations, whatever other lanes wrote there: theirs is complete under the same lock).
     @inline(__always)
     public func flushDeliveries() {
-        let vale = self.vale.unsafelyUnwrapped
+        let vale = view
         for k in 0..<dirtyCount {
             let i = dirtyList[k]
             dirty[i] = false

@@ -15,7 +15,10 @@ public final class SwitchLane: @unchecked Sendable {
     public let index: Int
     /// Lanes of the switch.
     public let count: Int
-    /// Set once by the switch, which owns its lanes.
+    /// The switch's storage, for the data path.
+    let view: SwitchView
+    /// Set once by the switch, which owns its lanes (control operations only: the data path goes
+    /// through `view`, with no reference counting).
     unowned(unsafe) var vale: VALESwitch!
     /// Held by the lane's worker for a pass, and by the control plane with every other lane's.
     public let lock = PosixMutex()
@@ -37,9 +40,10 @@ public final class SwitchLane: @unchecked Sendable {
     /// Passes run: a source with several queues starts each pass at the next one.
     public private(set) var passes = 0
 
-    init(index: Int, of count: Int) {
+    init(index: Int, of count: Int, view: SwitchView) {
         self.index = index
         self.count = count
+        self.view = view
         counters = .allocate(capacity: VALESwitch.maxPorts)
         counters.initialize(repeating: PortCounters(), count: VALESwitch.maxPorts)
         dirty = .allocate(capacity: VALESwitch.maxPorts)
@@ -78,7 +82,7 @@ public final class SwitchLane: @unchecked Sendable {
     @inline(never)
     public func runPass(budget: Int) -> Int {
         var moved = 0
-        let vale = self.vale.unsafelyUnwrapped
+        let vale = view
         for k in 0..<vale.activeCount {
             let i = vale.activeList[k]
             moved &+= vale.slots[i].port.unsafelyUnwrapped._withUnsafeGuaranteedRef { port in

@@ -44,14 +44,22 @@ public final class VALESwitch: @unchecked Sendable {
     /// Indices of attached ports, for flooding without scanning empty slots.
     private var active: [Int] = []
     let activeList: UnsafeMutablePointer<Int>
-    private(set) var activeCount = 0
+    /// `activeCount` and `captureCount`, in storage the lanes' `SwitchView` points at.
+    private let shared: UnsafeMutablePointer<Int>
+    private(set) var activeCount: Int {
+        get { shared[0] }
+        set { shared[0] = newValue }
+    }
 
     struct PortSlot {
         var port: Unmanaged<SwitchPort>?
     }
     public let learning = LearningTable()
     /// Ports being captured (`PortCapture`): tested once per frame, nonzero only while a capture runs.
-    var captureCount = 0
+    var captureCount: Int {
+        get { shared[1] }
+        set { shared[1] = newValue }
+    }
     let captures: UnsafeMutablePointer<CaptureSlot?>
     var retainedCaptures: [PortCapture?]
     /// Bumped (under the lock) whenever ports or their wake descriptors change.
@@ -66,12 +74,16 @@ public final class VALESwitch: @unchecked Sendable {
         slots = .allocate(capacity: Self.maxPorts)
         slots.initialize(repeating: PortSlot(port: nil), count: Self.maxPorts)
         activeList = .allocate(capacity: Self.maxPorts)
+        shared = .allocate(capacity: 2)
+        shared.initialize(repeating: 0, count: 2)
         captures = .allocate(capacity: Self.maxPorts)
         captures.initialize(repeating: nil, count: Self.maxPorts)
         retainedCaptures = Array(repeating: nil, count: Self.maxPorts)
         sharedDestinations = laneCount > 1
         slotLocks = SlotLocks(count: laneCount > 1 ? Self.maxPorts : 0)
-        let lanes = (0..<laneCount).map { SwitchLane(index: $0, of: laneCount) }
+        let view = SwitchView(slots: slots, activeList: activeList, counts: shared, captures: captures,
+                              learning: learning, slotLocks: slotLocks, sharedDestinations: sharedDestinations)
+        let lanes = (0..<laneCount).map { SwitchLane(index: $0, of: laneCount, view: view) }
         self.lanes = lanes
         lock = SwitchLock(lanes.map(\.lock))
         for lane in lanes { lane.vale = self }
@@ -80,6 +92,7 @@ public final class VALESwitch: @unchecked Sendable {
     deinit {
         slots.deallocate()
         activeList.deallocate()
+        shared.deallocate()
         learning.deallocate()
         captures.deallocate()
         slotLocks.deallocate()
@@ -148,6 +161,27 @@ public final class VALESwitch: @unchecked Sendable {
     /// Publishes what every lane delivered since its last flush.
     public func flushDeliveries() {
         for lane in lanes { lane.flushDeliveries() }
+    }
+}
+
+/// The switch as the lanes' data path sees it: the storage the switch owns (and changes only with
+/// every lane's lock held), reached through plain pointers, so that forwarding a frame touches
+/// no reference count.
+struct SwitchView {
+    let slots: UnsafeMutablePointer<VALESwitch.PortSlot>
+    let activeList: UnsafeMutablePointer<Int>
+    /// [0]: attached ports (`activeList`'s length), [1]: ports being captured.
+    let counts: UnsafeMutablePointer<Int>
+    let captures: UnsafeMutablePointer<CaptureSlot?>
+    let learning: LearningTable
+    let slotLocks: SlotLocks
+    let sharedDestinations: Bool
+
+    var activeCount: Int {
+        @inline(__always) get { counts[0] }
+    }
+    var captureCount: Int {
+        @inline(__always) get { counts[1] }
     }
 }
 
