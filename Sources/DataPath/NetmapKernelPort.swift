@@ -10,7 +10,8 @@ import Virtio
 /// ports), checksum and segmentation offloads pass through; without one, frames that need an
 /// offload are refused as they are for a guest that did not negotiate it.
 ///
-/// Used by the switch worker only (under the switch lock).
+/// Used by the switch's workers only: its RX rings by the lane that owns the port, its TX rings
+/// by one lane at a time; the sync error counters, written by both, are atomic.
 public final class NetmapKernelPort: SwitchPort, @unchecked Sendable {
     public let name: String
     public let headerLength: Int

@@ -19,8 +19,9 @@ import Virtio
 ///   queues a WRITE_FIXED; `flushDeliveries` submits the batch with one system call and recycles
 ///   the buffers of completed writes.
 ///
-/// Used only by the switch worker (under the switch lock), except `setOffloads`, a TAP ioctl
-/// that is safe alongside I/O.
+/// Used only by the switch's workers, except `setOffloads`, a TAP ioctl that is safe alongside
+/// I/O: its transmit side (reads, `receiveRing`) by the lane that owns the port, its receive side
+/// (writes, `transmitRing`) by one lane at a time; the two share no state.
 public final class TapPort: SwitchPort, @unchecked Sendable {
     public static let headerLength = 12
     /// Room for the largest frame a TAP hands over with TSO (64 KiB segment + Ethernet header)

@@ -20,7 +20,7 @@ public final class PortCapture: @unchecked Sendable {
     public let capacity: Int
     private let recordBytes: Int
     private let storage: UnsafeMutableRawPointer
-    /// Records written (by the worker) and taken (by the control thread); `written - taken` is
+    /// Records written (by the workers, one at a time) and taken (by the control thread); `written - taken` is
     /// the fill. The release store of `written` publishes a record's bytes to the reader.
     private let written = Atomic<Int>(0)
     private let taken = Atomic<Int>(0)
