@@ -30,6 +30,8 @@ vale_list() { "$BIN" vale --switch embedded --control "$WORK/control.sock" -l 2>
 has_port() { "$BIN" vale --switch embedded --control "$WORK/control.sock" -l 2>/dev/null | grep -q "^$1 "; }
 no_port() { ! has_port "$1"; }
 owned() { grep -v '^#' "$SOCKS/libvirt/owned-ports" 2>/dev/null | paste -sd' ' -; }
+# The watcher records what it owns after the pass that made or removed the ports: wait for it.
+owned_is() { [ "$(owned)" = "$1" ]; }
 start_watch() { # start_watch RESYNC
   "$BIN" libvirt watch --socket-dir "$SOCKS" --control "$WORK/control.sock" --resync "$1" >> "$WORK/watch.log" 2>&1 &
   WATCH_PID=$!
@@ -65,6 +67,7 @@ wait_for grep -q "watching domain events" "$WORK/watch.log" && pass "the watcher
 domain_xml "$DOM" vale0:vm "console=ttyS0 panic=-1 quiet cryptomgr.notests vn.ip=10.81.0.2/24 vn.peer=10.81.0.1 vn.mode=ping vn.count=4 vn.secs=150 vn.hotplug=10.82.0.2/24 vn.hotpeer=10.82.0.1"
 vsh define "$WORK/$DOM.xml" > /dev/null 2>&1 && pass "domain defined" || fail "define"
 wait_for has_port vale0:vm && pass "defining the domain created its port" || fail "no port vale0:vm after define"
+wait_for owned_is "vale0:vm"
 expect_eq "the watcher owns it" "$(owned)" "vale0:vm"
 expect_eq "socket group is QEMU's" "$(stat -c %G "$SOCKS/vale0/vm.sock" 2>/dev/null)" "$(id -gn libvirt-qemu 2>/dev/null || echo kvm)"
 
@@ -89,6 +92,7 @@ expect_eq "hot-plug ping rc" "$(grep -a 'VN: hotplug ping rc=' "$WORK/$DOM.seria
 # the defined one stays for the next start.
 wait_for bash -c "! virsh -c qemu:///system domstate '$DOM' 2>/dev/null | grep -q running" || fail "the guest did not stop"
 wait_for no_port vale1:hot && pass "the hot-plugged port went with the stopped guest" || fail "vale1:hot still there"
+wait_for owned_is "vale0:vm"
 expect_eq "the defined domain's port stays" "$(owned)" "vale0:vm"
 
 # An operator's port: used, never removed.
@@ -119,6 +123,7 @@ wait_for bash -c "[ \$(grep -c 'watching domain events' '$WORK/watch.log') -ge 3
 vsh undefine "$DOM" > /dev/null 2>&1 && vsh undefine "$DOM2" > /dev/null 2>&1
 wait_for no_port vale0:vm && wait_for no_port vale0:srv && pass "undefining the domains removed their ports" || fail "left: $(vale_list)"
 [ ! -e "$SOCKS/vale0/vm.sock" ] && pass "vm.sock is gone" || fail "vm.sock left"
+wait_for owned_is ""
 expect_eq "nothing is owned" "$(owned)" ""
 # (the operator's vale0:op went with the daemon's restart: nobody made it again, as it should be)
 expect_eq "the daemon's ports" "$(vale_list)" "vale0:$TAP1 vale1:$TAP2"
