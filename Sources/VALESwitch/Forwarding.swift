@@ -100,12 +100,11 @@ extension SwitchLane {
         let n = batch.count
         guard n > 0 else { return }
         precondition(batch.source == source, "frames staged by port \(batch.source) forwarded as port \(source)")
-        let vale = view
-        for i in 0..<n { batch.destinations[i] = destination(of: i, from: source, in: vale) }
+        for i in 0..<n { batch.destinations[i] = destination(of: i, from: source) }
         if batch.floods {
-            for k in 0..<vale.activeCount where vale.activeList[k] != source { deliverStaged(to: vale.activeList[k], in: vale) }
+            for k in 0..<view.activeCount where view.activeList[k] != source { deliverStaged(to: view.activeList[k]) }
         } else {
-            for k in 0..<batch.touchedCount { deliverStaged(to: Int(batch.touched[k]), in: vale) }
+            for k in 0..<batch.touchedCount { deliverStaged(to: Int(batch.touched[k])) }
         }
         for k in 0..<batch.touchedCount { batch.isTouched[Int(batch.touched[k])] = false }
         batch.touchedCount = 0
@@ -116,7 +115,7 @@ extension SwitchLane {
 
     /// Phase one for frame `i`: header, counters, capture, learning, lookup.
     @inline(__always)
-    private func destination(of i: Int, from source: Int, in vale: SwitchView) -> UInt16 {
+    private func destination(of i: Int, from source: Int) -> UInt16 {
         let frame = batch.frames + i
         if batch.headerPending[i] {
             frame.pointee.header = VirtioNetHeader(segments: frame.pointee.segments, count: frame.pointee.segmentCount,
@@ -128,11 +127,11 @@ extension SwitchLane {
         }
         counters[source].inPackets &+= 1
         counters[source].inBytes &+= UInt64(frame.pointee.length)
-        if vale.captureCount != 0, let c = vale.captures[source], c.tx { c.capture._withUnsafeGuaranteedRef { $0.record(frame.pointee) } }
+        if view.captureCount != 0, let c = view.captures[source], c.tx { c.capture._withUnsafeGuaranteedRef { $0.record(frame.pointee) } }
 
         let (dst, src) = VALESwitch.addresses(of: frame.pointee)
-        if src & 1 == 0 { vale.learning.learn(src, port: source) }
-        if dst & 1 == 0, let d = vale.learning.lookup(dst) {
+        if src & 1 == 0 { view.learning.learn(src, port: source) }
+        if dst & 1 == 0, let d = view.learning.lookup(dst) {
             if d == source {
                 counters[source].dropSamePort &+= 1
                 return FrameBatch.nowhere
@@ -151,8 +150,8 @@ extension SwitchLane {
     /// Phase two for one destination: its unicast frames and the floods, in batch order. With
     /// more than one lane, the destination's receive side is locked for the call.
     @inline(__always)
-    private func deliverStaged(to d: Int, in vale: SwitchView) {
-        guard let port = vale.slots[d].port else { return }
+    private func deliverStaged(to d: Int) {
+        guard let port = view.slots[d].port else { return }
         let wanted = UInt16(d)
         var selected = 0
         for i in 0..<batch.count where batch.destinations[i] == wanted || batch.destinations[i] == FrameBatch.flood {
@@ -160,23 +159,23 @@ extension SwitchLane {
             selected &+= 1
         }
         guard selected > 0 else { return }
-        if vale.sharedDestinations { vale.slotLocks.lock(d) }
+        if view.sharedDestinations { view.slotLocks.lock(d) }
         port._withUnsafeGuaranteedRef {
             $0.deliver(UnsafePointer(batch.frames), selection: UnsafePointer(batch.selection), count: selected, results: batch.results)
         }
-        if vale.sharedDestinations { vale.slotLocks.unlock(d) }
+        if view.sharedDestinations { view.slotLocks.unlock(d) }
         for k in 0..<selected {
-            account(batch.results[k], of: batch.frames[Int(batch.selection[k])], to: d, in: vale)
+            account(batch.results[k], of: batch.frames[Int(batch.selection[k])], to: d)
         }
     }
 
     @inline(__always)
-    private func account(_ result: DeliveryResult, of frame: Frame, to index: Int, in vale: SwitchView) {
+    private func account(_ result: DeliveryResult, of frame: Frame, to index: Int) {
         switch result {
         case .delivered:
             counters[index].outPackets &+= 1
             counters[index].outBytes &+= UInt64(frame.length)
-            if vale.captureCount != 0, let c = vale.captures[index], c.rx { c.capture._withUnsafeGuaranteedRef { $0.record(frame) } }
+            if view.captureCount != 0, let c = view.captures[index], c.rx { c.capture._withUnsafeGuaranteedRef { $0.record(frame) } }
             if !dirty[index] {
                 dirty[index] = true
                 dirtyList[dirtyCount] = index
@@ -193,14 +192,13 @@ extension SwitchLane {
     /// destinations, whatever other lanes wrote there: theirs is complete under the same lock).
     @inline(__always)
     public func flushDeliveries() {
-        let vale = view
         for k in 0..<dirtyCount {
             let i = dirtyList[k]
             dirty[i] = false
-            guard let port = vale.slots[i].port else { continue }
-            if vale.sharedDestinations { vale.slotLocks.lock(i) }
+            guard let port = view.slots[i].port else { continue }
+            if view.sharedDestinations { view.slotLocks.lock(i) }
             port._withUnsafeGuaranteedRef { $0.flushDeliveries() }
-            if vale.sharedDestinations { vale.slotLocks.unlock(i) }
+            if view.sharedDestinations { view.slotLocks.unlock(i) }
         }
         dirtyCount = 0
     }

@@ -82,10 +82,9 @@ public final class SwitchLane: @unchecked Sendable {
     @inline(never)
     public func runPass(budget: Int) -> Int {
         var moved = 0
-        let vale = view
-        for k in 0..<vale.activeCount {
-            let i = vale.activeList[k]
-            moved &+= vale.slots[i].port.unsafelyUnwrapped._withUnsafeGuaranteedRef { port in
+        for k in 0..<view.activeCount {
+            let i = view.activeList[k]
+            moved &+= view.slots[i].port.unsafelyUnwrapped._withUnsafeGuaranteedRef { port in
                 visits(port, at: i) ? port.transmit(into: self, as: i, budget: budget) : 0
             }
             assert(batch.count == 0, "port \(i) staged frames it did not forward")

@@ -31,8 +31,8 @@ public final class VALESwitch: @unchecked Sendable {
     /// Every lane's lock, taken in lane order: the control plane holds it while it changes the
     /// switch, and each lane's worker holds its own lane's for a pass.
     public let lock: SwitchLock
-    /// True with more than one lane: destinations' receive sides are then locked per batch.
-    let sharedDestinations: Bool
+    /// With more than one lane, one mutex per port slot (destinations' receive sides are then
+    /// locked per batch); kept here to be freed with the switch.
     let slotLocks: SlotLocks
 
     /// Strong references: they keep the ports alive while attached.
@@ -79,10 +79,9 @@ public final class VALESwitch: @unchecked Sendable {
         captures = .allocate(capacity: Self.maxPorts)
         captures.initialize(repeating: nil, count: Self.maxPorts)
         retainedCaptures = Array(repeating: nil, count: Self.maxPorts)
-        sharedDestinations = laneCount > 1
         slotLocks = SlotLocks(count: laneCount > 1 ? Self.maxPorts : 0)
         let view = SwitchView(slots: slots, activeList: activeList, counts: shared, captures: captures,
-                              learning: learning, slotLocks: slotLocks, sharedDestinations: sharedDestinations)
+                              learning: learning, slotLocks: slotLocks, sharedDestinations: laneCount > 1)
         let lanes = (0..<laneCount).map { SwitchLane(index: $0, of: laneCount, view: view) }
         self.lanes = lanes
         lock = SwitchLock(lanes.map(\.lock))

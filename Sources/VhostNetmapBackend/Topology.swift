@@ -31,7 +31,8 @@ final class Topology {
     private let logger: Logger
     /// True when the ports are served by netmap's kernel switch.
     let usesKernel: Bool
-    private(set) var switches: [(vale: VALESwitch, workers: SwitchWorkers)] = []
+    /// Each switch with its workers (`SwitchWorkers.vale`), in order of creation.
+    private(set) var switches: [SwitchWorkers] = []
     private(set) var hostPorts: [HostPortEntry] = []
     private(set) var kernelBindings: [KernelBinding] = []
     /// Once the daemon runs, a new switch's worker starts at once.
@@ -67,15 +68,15 @@ final class Topology {
 
     func startWorkers() {
         running = true
-        for s in switches { s.workers.start() }
+        for s in switches { s.start() }
     }
 
     func stopWorkers() {
-        for s in switches { s.workers.stop() }
+        for s in switches { s.stop() }
     }
 
     func workers(of vale: VALESwitch) -> SwitchWorkers? {
-        switches.first { $0.vale === vale }?.workers
+        switches.first { $0.vale === vale }
     }
 
     /// The switch a device for `spec` goes on: in kernel mode a new cross-connect to its netmap
@@ -124,7 +125,7 @@ final class Topology {
     func portRemoved(from vale: VALESwitch) {
         if let k = kernelBindings.firstIndex(where: { $0.vale === vale }) {
             if let w = switches.firstIndex(where: { $0.vale === vale }) {
-                switches[w].workers.stop()
+                switches[w].stop()
                 switches.remove(at: w)
             }
             kernelBindings.remove(at: k)
@@ -213,13 +214,13 @@ final class Topology {
             first + k < options.workerCPUs.count ? options.workerCPUs[first + k] : nil
         }
         let workers = try SwitchWorkers(vale: vale, busyPoll: options.busyPoll, cpus: cpus, logger: logger)
-        switches.append((vale, workers))
+        switches.append(workers)
         if running { workers.start() }
         return workers
     }
 
     private func switchNamed(_ name: String) throws -> (VALESwitch, SwitchWorkers) {
-        if let s = switches.first(where: { $0.vale.name == name }) { return s }
+        if let s = switches.first(where: { $0.vale.name == name }) { return (s.vale, s) }
         let vale = VALESwitch(name: name, lanes: options.workersPerSwitch)
         return (vale, try addSwitch(vale))
     }
