@@ -54,7 +54,8 @@ SUM=$(sha256sum /tmp/file | cut -d' ' -f1)
 echo "VN: file $(wc -c < /tmp/file) bytes sha256 $SUM"
 # The file is 8-byte words each holding its own offset: where it differs, say what is there.
 if ! grep -q "vn.expect=$SUM" /proc/cmdline; then
-  od -A d -t u8 -w8 -v /tmp/file | awk '$1 != $2 { if (n < 12) print "VN: at " $1 " found " $2; n++ } END { print "VN: " n+0 " words differ" }'
+  # (offsets counted here: busybox awk reads od's zero-padded offsets as octal)
+  od -A n -t u8 -w8 -v /tmp/file | awk '{ o = (NR - 1) * 8 } $1 != o { if (n < 12) print "VN: at " o " found " $1; n++ } END { print "VN: " n+0 " words differ" }'
 fi
 wait
 echo "VN: ping $(grep 'packets transmitted' /tmp/ping.log || tail -3 /tmp/ping.log | tr '\n' ' ')"
