@@ -97,7 +97,7 @@ let package = Package(
         .testTarget(name: "URingTests", dependencies: ["URing", "VhostSystem"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VhostSystem", "TestSupport"]),
         .testTarget(name: "LibvirtIntegrationTests", dependencies: ["LibvirtIntegration", "VhostNetmapBackend"]),
-        .testTarget(name: "VALESwitchTests", dependencies: ["VALESwitch", "Virtio", "VhostSystem"]),
+        .testTarget(name: "VALESwitchTests", dependencies: ["VALESwitch", "Virtio", "VhostSystem", "TestSupport"]),
         // Fuzz targets (scripts/fuzz.sh builds them with libFuzzer; a plain build replays files).
         .target(name: "CFuzzDriver", path: "Tests/Fuzz/CFuzzDriver"),
         .executableTarget(name: "FuzzFraming", dependencies: [

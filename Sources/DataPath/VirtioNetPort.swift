@@ -1,3 +1,4 @@
+import Synchronization
 import VALESwitch
 import VhostSystem
 import Virtio
@@ -7,8 +8,10 @@ import Virtio
 /// Its queues are configured by `VhostNetDevice` on the control thread with the switch lock
 /// held (every lane's). Receive queues are the even rings, transmit queues the odd ones
 /// (RX = 2i, TX = 2i + 1 for queue pair i). Each transmit queue is read by the lane that owns
-/// its pair, with that lane's scratch; the receive side (rings, `pending`, `rxSegments`,
-/// `dirtyRX`) is written by one lane at a time, under the switch's lock for this port.
+/// its pair, with that lane's scratch. Each receive ring, with its scratch (`ReceiveScratch`),
+/// is written by one lane at a time: with several lanes, under that ring's own mutex
+/// (`receiveLocks`), so lanes fill different rings of one port at once. `dirtyRX`, the rings to
+/// publish, is one atomic word.
 public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     /// A receive chain taken for the packet being delivered: (head, bytes written).
     private struct PendingUsed {
@@ -53,10 +56,19 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
     package var headerLength = 12
     package var mergeable = false
 
-    private let rxSegments = SegmentList(capacity: Virtqueue.maxSegmentsPerChain)
-    private let pending: UnsafeMutablePointer<PendingUsed>
+    /// What delivering into one receive ring writes besides the ring: the chain being filled and
+    /// the chains taken for the frame (mergeable buffers). One per queue pair.
+    private struct ReceiveScratch {
+        let segments: Unmanaged<SegmentList>
+        let pending: UnsafeMutablePointer<PendingUsed>
+    }
     private let pendingCapacity = 1024
-    private var dirtyRX: UInt64 = 0
+    private let receiveSegmentLists: [SegmentList]
+    private let receiveScratch: UnsafeMutablePointer<ReceiveScratch>
+    /// One mutex per queue pair's receive ring, taken when `sharedReceiveSide`.
+    private let receiveLocks: MutexArray
+    /// Queue pairs whose receive ring has used entries to publish (bit q: pair q).
+    private let dirtyRX = Atomic<UInt64>(0)
     let onBroken: (Virtqueue) -> Void
 
     package init(queueCount: Int, onBroken: @escaping (Virtqueue) -> Void) {
@@ -64,7 +76,14 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
         callDescriptors = Array(repeating: -1, count: queueCount)
         errorDescriptors = Array(repeating: -1, count: queueCount)
         kickDescriptors = Array(repeating: -1, count: queueCount)
-        pending = .allocate(capacity: pendingCapacity)
+        let pairs = (queueCount + 1) / 2
+        precondition(pairs <= UInt64.bitWidth, "\(pairs) queue pairs")
+        receiveSegmentLists = (0..<pairs).map { _ in SegmentList(capacity: Virtqueue.maxSegmentsPerChain) }
+        receiveScratch = .allocate(capacity: pairs)
+        for (k, list) in receiveSegmentLists.enumerated() {
+            receiveScratch[k] = ReceiveScratch(segments: .passUnretained(list), pending: .allocate(capacity: pendingCapacity))
+        }
+        receiveLocks = MutexArray(count: pairs)
         readyTXStorage = .allocate(capacity: queueCount)
         readyRXStorage = .allocate(capacity: queueCount)
         self.onBroken = onBroken
@@ -73,7 +92,9 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
 
     deinit {
         announcementBuffer.deallocate()
-        pending.deallocate()
+        for k in 0..<receiveSegmentLists.count { receiveScratch[k].pending.deallocate() }
+        receiveScratch.deallocate()
+        receiveLocks.deallocate()
         readyTXStorage.deallocate()
         readyRXStorage.deallocate()
     }
@@ -198,8 +219,11 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
         return result
     }
 
+    public override var locksReceiveRings: Bool { true }
+
     /// A batch's frames for this port: each run of frames for one receive ring takes its
-    /// chains in one go (one availability check and one prefetch per run).
+    /// chains in one go (one availability check and one prefetch per run), holding that ring's
+    /// mutex when lanes share the receive side.
     public override func deliver(_ frames: UnsafePointer<Frame>, selection: UnsafePointer<UInt8>, count: Int,
                                  results: UnsafeMutablePointer<DeliveryResult>) {
         let rings = readyRXCount
@@ -212,8 +236,12 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
             let ring = frames[Int(selection[k])].queuePair % rings
             var end = k &+ 1
             while end < count && frames[Int(selection[end])].queuePair % rings == ring { end &+= 1 }
-            readyRXStorage[ring].queue._withUnsafeGuaranteedRef {
-                deliver(frames, selection: selection + k, count: end &- k, results: results + k, into: $0)
+            readyRXStorage[ring].queue._withUnsafeGuaranteedRef { q in
+                let pair = q.index >> 1
+                let locked = sharedReceiveSide
+                if locked { receiveLocks.lock(pair) }
+                deliver(frames, selection: selection + k, count: end &- k, results: results + k, into: q, scratch: receiveScratch[pair])
+                if locked { receiveLocks.unlock(pair) }
             }
             k = end
         }
@@ -221,7 +249,7 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
 
     @inline(__always)
     private func deliver(_ frames: UnsafePointer<Frame>, selection: UnsafePointer<UInt8>, count: Int,
-                         results: UnsafeMutablePointer<DeliveryResult>, into q: Virtqueue) {
+                         results: UnsafeMutablePointer<DeliveryResult>, into q: Virtqueue, scratch: ReceiveScratch) {
         q.prefetch(upTo: 2 &* count, writable: true)
         var delivered = false
         for k in 0..<count {
@@ -239,19 +267,23 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
                 results[k] = .noRoom
                 continue
             }
-            let result = mergeable ? deliverMergeable(frame, to: q, available: available)
-                                   : deliverSingle(frame, to: q, available: available)
+            let result = scratch.segments._withUnsafeGuaranteedRef { segments in
+                mergeable ? deliverMergeable(frame, to: q, available: available, segments: segments, pending: scratch.pending)
+                          : deliverSingle(frame, to: q, available: available, segments: segments)
+            }
             if result == .delivered { delivered = true }
             results[k] = result
         }
         if delivered || q.usedIndexDirty {
-            dirtyRX |= 1 << UInt64(q.index >> 1)
+            // Set under the ring's mutex, before a flush (which takes it) can publish the ring.
+            let bit: UInt64 = 1 << UInt64(q.index >> 1)
+            if dirtyRX.load(ordering: .relaxed) & bit == 0 { dirtyRX.bitwiseOr(bit, ordering: .relaxed) }
         }
     }
 
     /// Without MRG_RXBUF: the whole packet goes into one chain.
     @inline(__always)
-    private func deliverSingle(_ frame: Frame, to q: Virtqueue, available: Int) -> DeliveryResult {
+    private func deliverSingle(_ frame: Frame, to q: Virtqueue, available: Int, segments rxSegments: SegmentList) -> DeliveryResult {
         let hdrLen = headerLength
         let total = hdrLen &+ frame.length
         guard let result = q.nextChain(writable: true, into: rxSegments) else {
@@ -282,7 +314,8 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
 
     /// With MRG_RXBUF: as many chains as the packet needs; num_buffers tells the guest how many.
     @inline(__always)
-    private func deliverMergeable(_ frame: Frame, to q: Virtqueue, available: Int) -> DeliveryResult {
+    private func deliverMergeable(_ frame: Frame, to q: Virtqueue, available: Int, segments rxSegments: SegmentList,
+                                  pending: UnsafeMutablePointer<PendingUsed>) -> DeliveryResult {
         let hdrLen = headerLength
         var source = frame.cursor
         var remaining = frame.length
@@ -364,17 +397,22 @@ public final class VirtioNetPort: SwitchPort, @unchecked Sendable {
         }
     }
 
+    /// Publishes the receive rings written since the last flush, by this lane or (under the
+    /// same ring mutex) by another.
     public override func flushDeliveries() {
-        var mask = dirtyRX
-        dirtyRX = 0
+        var mask = dirtyRX.exchange(0, ordering: .relaxed)
+        let locked = sharedReceiveSide
         while mask != 0 {
             let pair = mask.trailingZeroBitCount
             mask &= mask &- 1
             let q = queues[pair << 1]
-            guard q.isAttached else { continue }
-            q.publishUsed()
-            q.usedIndexDirty = false
-            notify(q)
+            if locked { receiveLocks.lock(pair) }
+            if q.isAttached {
+                q.publishUsed()
+                q.usedIndexDirty = false
+                notify(q)
+            }
+            if locked { receiveLocks.unlock(pair) }
         }
     }
 

@@ -148,10 +148,12 @@ extension SwitchLane {
     }
 
     /// Phase two for one destination: its unicast frames and the floods, in batch order. With
-    /// more than one lane, the destination's receive side is locked for the call.
+    /// more than one lane, the destination's receive side is locked for the call (by the slot's
+    /// mutex, or by the port itself, per receive ring).
     @inline(__always)
     private func deliverStaged(to d: Int) {
-        guard let port = view.slots[d].port else { return }
+        let slot = view.slots[d]
+        guard let port = slot.port else { return }
         let wanted = UInt16(d)
         var selected = 0
         for i in 0..<batch.count where batch.destinations[i] == wanted || batch.destinations[i] == FrameBatch.flood {
@@ -159,11 +161,11 @@ extension SwitchLane {
             selected &+= 1
         }
         guard selected > 0 else { return }
-        if view.sharedDestinations { view.slotLocks.lock(d) }
+        if slot.locked { view.slotLocks.lock(d) }
         port._withUnsafeGuaranteedRef {
             $0.deliver(UnsafePointer(batch.frames), selection: UnsafePointer(batch.selection), count: selected, results: batch.results)
         }
-        if view.sharedDestinations { view.slotLocks.unlock(d) }
+        if slot.locked { view.slotLocks.unlock(d) }
         for k in 0..<selected {
             account(batch.results[k], of: batch.frames[Int(batch.selection[k])], to: d)
         }
@@ -188,17 +190,18 @@ extension SwitchLane {
         }
     }
 
-    /// Publishes every destination this lane wrote since its last flush (and, with shared
-    /// destinations, whatever other lanes wrote there: theirs is complete under the same lock).
+    /// Publishes every destination this lane wrote since its last flush (and, with several lanes,
+    /// whatever other lanes wrote there: theirs is complete under the same lock).
     @inline(__always)
     public func flushDeliveries() {
         for k in 0..<dirtyCount {
             let i = dirtyList[k]
             dirty[i] = false
-            guard let port = view.slots[i].port else { continue }
-            if view.sharedDestinations { view.slotLocks.lock(i) }
+            let slot = view.slots[i]
+            guard let port = slot.port else { continue }
+            if slot.locked { view.slotLocks.lock(i) }
             port._withUnsafeGuaranteedRef { $0.flushDeliveries() }
-            if view.sharedDestinations { view.slotLocks.unlock(i) }
+            if slot.locked { view.slotLocks.unlock(i) }
         }
         dirtyCount = 0
     }

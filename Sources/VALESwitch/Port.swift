@@ -55,16 +55,24 @@ public enum DeliveryResult {
 /// stable for the data path. The transmit side (`transmit` and the sleep calls) is called only
 /// by the lane that owns it: the lane that owns queue pair 0, or, for a port that spreads its
 /// queue pairs, each lane for the pairs it owns (`SwitchLane.owns`), which is then all it may
-/// read. The receive side (`deliver`, `flushDeliveries`) is called by any lane, one at a time
-/// (the switch locks it per batch when there are several lanes); it must not share unguarded
-/// state with the transmit side. Calls are per batch, except the one-frame `deliver` that the
-/// batch `deliver` calls unless a port overrides it.
+/// read. The receive side (`deliver`, `flushDeliveries`) is called by any lane: one at a time
+/// (with several lanes the switch locks it per batch), or, for a port that `locksReceiveRings`,
+/// one lane at a time per receive ring. It must not share unguarded state with the transmit
+/// side. Calls are per batch, except the one-frame `deliver` that the batch `deliver` calls
+/// unless a port overrides it.
 open class SwitchPort {
     public init() {}
 
     /// Whether each transmit queue pair is a source of its own, so that lanes read a
     /// multi-queue port in parallel. False: the whole port is one source.
     open var spreadsQueuePairs: Bool { false }
+    /// Whether the port serialises its receive side itself, ring by ring, when
+    /// `sharedReceiveSide` is set, so that lanes fill different receive rings of one port at
+    /// once. False: the switch takes one mutex for the whole receive side.
+    open var locksReceiveRings: Bool { false }
+    /// Set by the switch on attach (with the switch lock held): whether more than one lane may
+    /// call `deliver` and `flushDeliveries`.
+    public internal(set) var sharedReceiveSide = false
     /// Moves up to `budget` frames from this port (the queue pairs `lane` owns) into the switch:
     /// stages them (`lane.stage`), has them forwarded (`lane.forwardStaged`), and only then
     /// returns its own buffers. Returns the number of frames taken.

@@ -22,7 +22,8 @@ public enum SwitchError: Error, Equatable, CustomStringConvertible {
 /// What lanes share is read-only while they run (the port table, changed only with `lock` held,
 /// which holds every lane's lock), or made for sharing: the learning table's entries are single
 /// atomic words, a capture takes its own lock, and a destination port's receive side is taken
-/// once per batch (`slotLocks`, only with more than one lane).
+/// once per batch (only with more than one lane: by `slotLocks`, or per receive ring by a port
+/// that `locksReceiveRings`).
 public final class VALESwitch: @unchecked Sendable {
     public static let maxPorts = 254
 
@@ -32,8 +33,9 @@ public final class VALESwitch: @unchecked Sendable {
     /// switch, and each lane's worker holds its own lane's for a pass.
     public let lock: SwitchLock
     /// With more than one lane, one mutex per port slot (destinations' receive sides are then
-    /// locked per batch); kept here to be freed with the switch.
-    let slotLocks: SlotLocks
+    /// locked per batch, unless the port locks its receive rings itself); kept here to be freed
+    /// with the switch.
+    let slotLocks: MutexArray
 
     /// Strong references: they keep the ports alive while attached.
     private var ports: [SwitchPort?]
@@ -53,6 +55,9 @@ public final class VALESwitch: @unchecked Sendable {
 
     struct PortSlot {
         var port: Unmanaged<SwitchPort>?
+        /// Whether a lane takes the slot's mutex around the port's receive side (more than one
+        /// lane, and a port that does not lock its receive rings itself).
+        var locked = false
     }
     public let learning = LearningTable()
     /// Ports being captured (`PortCapture`): tested once per frame, nonzero only while a capture runs.
@@ -79,9 +84,9 @@ public final class VALESwitch: @unchecked Sendable {
         captures = .allocate(capacity: Self.maxPorts)
         captures.initialize(repeating: nil, count: Self.maxPorts)
         retainedCaptures = Array(repeating: nil, count: Self.maxPorts)
-        slotLocks = SlotLocks(count: laneCount > 1 ? Self.maxPorts : 0)
+        slotLocks = MutexArray(count: laneCount > 1 ? Self.maxPorts : 0)
         let view = SwitchView(slots: slots, activeList: activeList, counts: shared, captures: captures,
-                              learning: learning, slotLocks: slotLocks, sharedDestinations: laneCount > 1)
+                              learning: learning, slotLocks: slotLocks)
         let lanes = (0..<laneCount).map { SwitchLane(index: $0, of: laneCount, view: view) }
         self.lanes = lanes
         lock = SwitchLock(lanes.map(\.lock))
@@ -105,9 +110,10 @@ public final class VALESwitch: @unchecked Sendable {
         guard let i = ports.firstIndex(where: { $0 == nil }) else { throw .full(name) }
         ports[i] = port
         portNames[i] = portName
+        port.sharedReceiveSide = lanes.count > 1
         for lane in lanes { lane.counters[i] = PortCounters() }
         active.append(i)
-        slots[i].port = Unmanaged.passUnretained(port)
+        slots[i] = PortSlot(port: Unmanaged.passUnretained(port), locked: lanes.count > 1 && !port.locksReceiveRings)
         rebuildActiveList()
         generation &+= 1
         return i
@@ -116,7 +122,7 @@ public final class VALESwitch: @unchecked Sendable {
     public func detach(index: Int) {
         guard ports[index] != nil else { return }
         stopCapture(onPort: index)
-        slots[index].port = nil
+        slots[index] = PortSlot(port: nil)
         ports[index] = nil
         portNames[index] = nil
         active.removeAll { $0 == index }
@@ -173,8 +179,7 @@ struct SwitchView {
     let counts: UnsafeMutablePointer<Int>
     let captures: UnsafeMutablePointer<CaptureSlot?>
     let learning: LearningTable
-    let slotLocks: SlotLocks
-    let sharedDestinations: Bool
+    let slotLocks: MutexArray
 
     var activeCount: Int {
         @inline(__always) get { counts[0] }
@@ -197,35 +202,4 @@ public final class SwitchLock: @unchecked Sendable {
         var nothing: Void = ()
         return try body(&nothing)
     }
-}
-
-/// One pthread mutex per port slot, a cache line apart: the receive side of a destination that
-/// several lanes deliver into.
-struct SlotLocks {
-    private static let stride = 64
-    private let base: UnsafeMutableRawPointer
-    private let count: Int
-
-    init(count: Int) {
-        precondition(MemoryLayout<pthread_mutex_t>.size <= Self.stride)
-        self.count = count
-        base = .allocate(byteCount: max(count, 1) * Self.stride, alignment: Self.stride)
-        for i in 0..<count { pthread_mutex_init(mutex(i), nil) }
-    }
-
-    func deallocate() {
-        for i in 0..<count { pthread_mutex_destroy(mutex(i)) }
-        base.deallocate()
-    }
-
-    @inline(__always)
-    private func mutex(_ i: Int) -> UnsafeMutablePointer<pthread_mutex_t> {
-        (base + i &* Self.stride).assumingMemoryBound(to: pthread_mutex_t.self)
-    }
-
-    @inline(__always)
-    func lock(_ i: Int) { pthread_mutex_lock(mutex(i)) }
-
-    @inline(__always)
-    func unlock(_ i: Int) { pthread_mutex_unlock(mutex(i)) }
 }

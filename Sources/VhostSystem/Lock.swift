@@ -68,3 +68,35 @@ public final class PosixMutex: @unchecked Sendable {
         return try body()
     }
 }
+
+/// `count` pthread mutexes a cache line apart in one allocation, taken by index: per-slot or
+/// per-ring locks on a data path, where a class per lock would be retained on every use.
+/// Freed by `deallocate()` (its owner's deinit).
+public struct MutexArray: @unchecked Sendable {
+    private static let stride = 64
+    private let base: UnsafeMutableRawPointer
+    public let count: Int
+
+    public init(count: Int) {
+        precondition(MemoryLayout<pthread_mutex_t>.size <= Self.stride)
+        self.count = count
+        base = .allocate(byteCount: max(count, 1) * Self.stride, alignment: Self.stride)
+        for i in 0..<count { pthread_mutex_init(mutex(i), nil) }
+    }
+
+    public func deallocate() {
+        for i in 0..<count { pthread_mutex_destroy(mutex(i)) }
+        base.deallocate()
+    }
+
+    @inline(__always)
+    private func mutex(_ i: Int) -> UnsafeMutablePointer<pthread_mutex_t> {
+        (base + i &* Self.stride).assumingMemoryBound(to: pthread_mutex_t.self)
+    }
+
+    @inline(__always)
+    public func lock(_ i: Int) { pthread_mutex_lock(mutex(i)) }
+
+    @inline(__always)
+    public func unlock(_ i: Int) { pthread_mutex_unlock(mutex(i)) }
+}
