@@ -305,3 +305,19 @@ int cvh_peer_pid(int sock) {
     if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) return -errno;
     return cred.pid;
 }
+
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define CVH_THREAD_SANITIZER 1
+#endif
+#endif
+#ifdef CVH_THREAD_SANITIZER
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+static char guest_sync;
+void cvh_tsan_guest_acquire(void) { __tsan_acquire(&guest_sync); }
+void cvh_tsan_guest_release(void) { __tsan_release(&guest_sync); }
+#else
+void cvh_tsan_guest_acquire(void) {}
+void cvh_tsan_guest_release(void) {}
+#endif

@@ -106,4 +106,12 @@ extern const unsigned int CVH_TUN_F_TSO_ECN;
 static inline void cvh_prefetch_read(const void *p) { __builtin_prefetch(p, 0, 3); }
 static inline void cvh_prefetch_write(const void *p) { __builtin_prefetch(p, 1, 3); }
 
+/// ThreadSanitizer builds only (Swift calls these under VHOST_NETMAP_TSAN): the guest orders
+/// what the device's threads do to its memory. A buffer used on one ring (a release store) comes
+/// back on another ring (an acquire load) through a process TSan does not see, so these tell it:
+/// every release into guest rings and acquire from them goes through one sync object. Empty
+/// when shim.c is not built with -fsanitize=thread.
+void cvh_tsan_guest_acquire(void);
+void cvh_tsan_guest_release(void);
+
 #endif
